@@ -1,0 +1,188 @@
+"""Composition: deep (stacked) cells and bidirectional sequence models."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import _checks
+from seqjax.cells import Cell, Layers, SequenceModel
+from seqjax.unroll import _unroll_layers, unroll
+
+
+def stack(*parts, residual: bool = False, dropout: float = 0.0):
+    """Deep RNN: each part reads the outputs of the one before.
+
+    .. math:: h^{(l)}_t = \\mathrm{cell}_l(h^{(l)}_{t-1}, y^{(l-1)}_t), \\quad
+              y^{(0)}_t = x_t
+
+    Args:
+      *parts: cells (then the result is a :class:`~seqjax.Cell`) or, if any of them
+        is a :class:`~seqjax.SequenceModel` (e.g. a bidirectional layer), a
+        :class:`~seqjax.SequenceModel`.
+      residual: add each layer's input to its output from the second layer on,
+        ``y_l = cell_l(y_{l-1}) + y_{l-1}``; needs equal sizes.
+      dropout: rate of the dropout applied to every layer's outputs except the last
+        (as ``torch.nn.LSTM(dropout=...)``). Active only when an ``rng`` is passed to
+        :func:`~seqjax.unroll`; the one-step ``apply`` never drops.
+
+    Returns:
+      A cell whose params and state are tuples with one entry per part. Unrolled
+      layer by layer when the whole sequence is there, so every layer gets its own
+      hoisting or associative scan.
+    """
+    if not parts:
+        raise ValueError("stack needs at least one cell")
+    for i, part in enumerate(parts):
+        if not isinstance(part, (Cell, SequenceModel)):
+            raise TypeError(f"stack: part {i} is a {type(part).__name__}, expected a seqjax "
+                            "Cell or SequenceModel")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"stack: dropout must lie in [0, 1), got {dropout}")
+    if residual:
+        for i in range(1, len(parts)):
+            if parts[i].output_size != parts[i - 1].output_size:
+                raise ValueError(
+                    f"stack(residual=True): layer {i} maps {parts[i - 1].output_size} "
+                    f"features to {parts[i].output_size}; a residual connection needs equal "
+                    "sizes")
+    parts = tuple(parts)
+    layers = Layers(parts, residual, float(dropout))
+
+    def init(key, input_size):
+        input_size = _checks.positive_int(input_size, "input_size")
+        keys = jax.random.split(key, len(parts))
+        params, size = [], input_size
+        for part, k in zip(parts, keys):
+            params.append(part.init(k, size))
+            size = part.output_size
+        return tuple(params)
+
+    def initial_state(params):
+        _check_params(params)
+        return tuple(part.initial_state(p) for part, p in zip(parts, params))
+
+    def input_size(params):
+        _check_params(params)
+        return parts[0].input_size(params[0])
+
+    def _check_params(params):
+        if not isinstance(params, (tuple, list)) or len(params) != len(parts):
+            raise ValueError(f"stack of {len(parts)} layers expects a tuple of {len(parts)} "
+                             f"params, got {type(params).__name__}"
+                             + (f" of length {len(params)}" if isinstance(params, (tuple, list)) else ""))
+        size = parts[0].input_size(params[0])
+        for i in range(1, len(parts)):
+            want, got = parts[i - 1].output_size, parts[i].input_size(params[i])
+            if want != got:
+                raise ValueError(f"stack: layer {i} params expect {got} input features but "
+                                 f"layer {i - 1} outputs {want}")
+        return size
+
+    out = parts[-1].output_size
+    if all(isinstance(p, Cell) for p in parts):
+
+        def apply(params, state, x):
+            new_states = []
+            for i, (part, p, s) in enumerate(zip(parts, params, state)):
+                s, y = part.apply(p, s, x)
+                if residual and i > 0:
+                    y = y + x.astype(y.dtype)
+                new_states.append(s)
+                x = y
+            return tuple(new_states), x
+
+        return Cell(init, initial_state, apply, input_size, out, layers=layers)
+
+    def apply_sequence(params, xs, state=None, *, length=None, rng=None, **options):
+        _checks.sequence(xs, input_size(params), "stack")
+        if state is None:
+            state = initial_state(params)
+        length = _checks.length(length, xs.shape[0])
+        return _unroll_layers(Cell(init, initial_state, None, input_size, out, layers=layers),
+                              params, xs, state, rng=rng, length=length, reverse=False,
+                              **options)
+
+    return SequenceModel(init, initial_state, apply_sequence, input_size, out)
+
+
+class BidirectionalParams(NamedTuple):
+    forward: object
+    backward: object
+
+
+def concat(y_forward, y_backward):
+    """Merge by concatenating features (``2H``), as PyTorch's bidirectional RNNs."""
+    return jnp.concatenate([y_forward, y_backward], axis=-1)
+
+
+def add(y_forward, y_backward):
+    """Merge by summing the two directions."""
+    return y_forward + y_backward
+
+
+def mean(y_forward, y_backward):
+    """Merge by averaging the two directions."""
+    return (y_forward + y_backward) / 2
+
+
+def multiply(y_forward, y_backward):
+    """Merge by elementwise product."""
+    return y_forward * y_backward
+
+
+def bidirectional(forward, backward, *, merge: Callable = concat) -> SequenceModel:
+    """Runs ``forward`` left to right and ``backward`` right to left, then merges.
+
+    .. math:: y_t = \\mathrm{merge}(\\overrightarrow{h}_t, \\overleftarrow{h}_t)
+
+    Length-aware: with ``length`` the backward cell reads only the valid prefix, in
+    reverse (as PyTorch's packed sequences), and padded outputs are zero.
+
+    Args:
+      forward: a :class:`~seqjax.Cell` (or stack) for the forward direction.
+      backward: a cell for the backward direction.
+      merge: ``(y_forward [T, Hf], y_backward [T, Hb]) -> y [T, H']``: :func:`concat`
+        (default), :func:`add`, :func:`mean`, :func:`multiply` or any function.
+
+    Returns:
+      A :class:`~seqjax.SequenceModel` with params :class:`BidirectionalParams`,
+      state ``(forward_state, backward_state)``; ``apply`` returns the final
+      states of both directions (the backward one is its state after step 0).
+    """
+    for name, c in (("forward", forward), ("backward", backward)):
+        if not isinstance(c, Cell):
+            raise TypeError(f"bidirectional: {name} must be a seqjax Cell, got {type(c).__name__}")
+    probe = jax.eval_shape(merge, jax.ShapeDtypeStruct((1, forward.output_size), jnp.float32),
+                           jax.ShapeDtypeStruct((1, backward.output_size), jnp.float32))
+    if probe.ndim != 2 or probe.shape[0] != 1:
+        raise ValueError(f"bidirectional: merge must keep the time axis, [1, H] inputs gave "
+                         f"{probe.shape}")
+    out = probe.shape[1]
+
+    def init(key, input_size):
+        kf, kb = jax.random.split(key)
+        return BidirectionalParams(forward.init(kf, input_size), backward.init(kb, input_size))
+
+    def initial_state(params):
+        return (forward.initial_state(params.forward), backward.initial_state(params.backward))
+
+    def input_size(params):
+        size = forward.input_size(params.forward)
+        other = backward.input_size(params.backward)
+        if size != other:
+            raise ValueError(f"bidirectional: forward params expect {size} features, backward {other}")
+        return size
+
+    def apply(params, xs, state=None, *, length=None, rng=None, **options):
+        _checks.sequence(xs, input_size(params), "bidirectional")
+        sf, sb = (None, None) if state is None else state
+        kf, kb = (None, None) if rng is None else jax.random.split(rng)
+        final_f, yf = unroll(forward, params.forward, xs, sf, length=length, rng=kf, **options)
+        final_b, yb = unroll(backward, params.backward, xs, sb, length=length, rng=kb,
+                             reverse=True, **options)
+        return (final_f, final_b), merge(yf, yb)
+
+    return SequenceModel(init, initial_state, apply, input_size, out)

@@ -472,9 +472,11 @@ def mgu(
 
     Args:
       hidden_size: ``H``.
-      reset_after: ``False`` (default) is the paper's form above; ``True`` applies
-        ``f`` after the recurrent matmul, ``tanh(x W_xh + b_h + f * (h W_hh + b_hn))``,
-        as Flax's ``MGUCell`` does.
+      reset_after: ``False`` (default) is the paper's form above. ``True`` is Flax
+        linen's ``MGUCell``: a GRU (reset after) whose reset and update gates are
+        tied, ``h~ = tanh(x W_xh + b_h + f * (h W_hh + b_hn))`` and
+        ``h_t = f * h_{t-1} + (1 - f) * h~`` (there ``f`` keeps the old state,
+        where in the paper it writes the new one).
       kernel_init, recurrent_init, bias_init, param_dtype: as for :func:`gru`.
 
     Returns:
@@ -484,8 +486,10 @@ def mgu(
       Zhou, Wu, Zhang & Zhou, "Minimal gated unit for recurrent neural networks",
       IJAC 2016.
     """
+    # paper: the forget gate writes (update weight 1 - f); Flax: it keeps (update f)
+    gates = (lambda f: (f, f)) if reset_after else (lambda f: (f, 1 - f))
     return _reset_gated("mgu", hidden_size, 2, reset_after, kernel_init, recurrent_init,
-                        bias_init, param_dtype, lambda f: (f, 1 - f))
+                        bias_init, param_dtype, gates)
 
 
 # ----------------------------------------------------------------- linear recurrences

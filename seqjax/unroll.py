@@ -94,7 +94,7 @@ def _unroll_cell(cell, params, xs, state, *, reverse, length, unroll, remat, hoi
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     xs = xs.astype(dtype)
     time = xs.shape[0]
-    valid = None if length is None else jnp.arange(time) < length
+    valid = None if length is None else jnp.arange(time, dtype=jnp.int32) < length
     if valid is not None:
         xs = jnp.where(valid[:, None], xs, jnp.zeros((), dtype))
     if cell.linear is not None and (associative is None or associative):

@@ -1,0 +1,1 @@
+"""Weight converters between seqjax and other frameworks (``seqjax.interop.torch``)."""

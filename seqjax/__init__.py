@@ -13,6 +13,7 @@ from seqjax.cells import LSTMParams
 from seqjax.cells import LSTMState
 from seqjax.cells import MinParams
 from seqjax.cells import RNNParams
+from seqjax.cells import Recurrent
 from seqjax.cells import SequenceModel
 from seqjax.cells import gru
 from seqjax.cells import lru
@@ -46,6 +47,7 @@ __all__ = (
     "LinearRecurrence",
     "MinParams",
     "RNNParams",
+    "Recurrent",
     "SequenceModel",
     "add",
     "bidirectional",

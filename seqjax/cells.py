@@ -35,16 +35,42 @@ StateFn = Callable[[Params], State]
 ApplyFn = Callable[[Params, State, Array], tuple]
 
 
+class Recurrent(NamedTuple):
+    """The sequential part of a gated cell as one matmul followed by elementwise maths.
+
+    ``step(p, s, u) == combine(extras(p), s, u, hidden(s) @ weight(p))``: the
+    recurrent weight enters only through the product ``r = hidden(s) @ weight(p)``.
+    That lets the unroll's backward pass keep only ``dr @ weight(p).T`` inside the
+    loop and form ``d weight = sum_t hidden(s_t).T dr_t`` as one matmul over all
+    steps afterwards (what cuDNN does), instead of accumulating it step by step.
+
+    Attributes:
+      weight: ``(params) -> W [H_in, G]``.
+      extras: ``(params) -> pytree`` of the other (small) params ``combine`` reads,
+        e.g. the GRU's ``b_hn``; ``()`` when there are none.
+      hidden: ``(state) -> h [H_in]``, the part of the state ``W`` multiplies.
+      combine: ``(extras, state, u [G], r [G]) -> (state, y)``, elementwise in the
+        gates; one example.
+    """
+
+    weight: Callable[[Params], Array]
+    extras: Callable[[Params], Any]
+    hidden: Callable[[State], Array]
+    combine: Callable[..., tuple]
+
+
 class Hoist(NamedTuple):
     """A gated cell split into its time-parallel and its sequential part.
 
     ``apply(p, s, x) == step(p, s, input_map(p, x))``. ``input_map`` is affine in
     ``x`` and works on any leading axes, so the unroll may evaluate it for all time
-    steps at once (one large matmul) before the sequential loop.
+    steps at once (one large matmul) before the sequential loop. ``recurrent``, when
+    set, says how ``step`` uses the recurrent weight (see :class:`Recurrent`).
     """
 
     input_map: Callable[[Params, Array], Array]
     step: Callable[[Params, State, Array], tuple]
+    recurrent: Optional[Recurrent] = None
 
 
 class LinearRecurrence(NamedTuple):
@@ -99,9 +125,14 @@ class SequenceModel(NamedTuple):
       init: ``(key, input_size) -> params``.
       initial_state: ``(params) -> state``.
       apply: ``(params, xs[time, input_size], state=None, *, length=None, rng=None,
-        **unroll_options) -> (final_state, ys[time, output_size])``.
+        **unroll_options) -> (final_state, ys[time, output_size])``, one example.
       input_size: ``(params) -> int``.
       output_size: size of each ``y``.
+      batched: the same over a time-major batch, what :func:`seqjax.unroll_batch`
+        and :func:`seqjax.stack` call: ``(params, xs[time, batch, input_size],
+        state[batch, ...], *, lengths[batch] or None, keys[batch] or None,
+        **unroll_options) -> (final_state[batch, ...], ys[time, batch, output_size])``
+        with one dropout key per example.
     """
 
     init: InitFn
@@ -109,6 +140,7 @@ class SequenceModel(NamedTuple):
     apply: Callable[..., tuple]
     input_size: Callable[[Params], int]
     output_size: int
+    batched: Callable[..., tuple]
 
 
 # ----------------------------------------------------------------------------- params
@@ -228,6 +260,36 @@ def _zeros_state(hidden_size):
     return initial_state
 
 
+def _no_extras(params):
+    return ()
+
+
+def _state_is_hidden(state):
+    return state
+
+
+def _lstm_hidden(state):
+    return state.h
+
+
+def _weight_h(params):
+    return params.w_h
+
+
+def _b_hn(params):
+    return params.b_hn
+
+
+def _hoist(input_map, recurrent: Recurrent) -> Hoist:
+    """``Hoist`` whose ``step`` is ``recurrent``'s matmul followed by its ``combine``."""
+
+    def step(params, state, u):
+        r = recurrent.hidden(state) @ recurrent.weight(params)
+        return recurrent.combine(recurrent.extras(params), state, u, r)
+
+    return Hoist(input_map, step, recurrent)
+
+
 def _as_input(params, x, input_size, name):
     """Checks one step's input and casts it to the parameter dtype."""
     _checks.step_input(x, input_size(params), name)
@@ -275,15 +337,16 @@ def rnn(
     def input_map(params, x):
         return _affine(x, params.w_i, params.b)
 
-    def step(params, h, u):
-        h = activation(u + h @ params.w_h)
+    def combine(extras, h, u, r):
+        h = activation(u + r)
         return h, h
 
-    def apply(params, h, x):
-        return step(params, h, input_map(params, _as_input(params, x, input_size, "rnn")))
+    hoist = _hoist(input_map, Recurrent(_weight_h, _no_extras, _state_is_hidden, combine))
 
-    return Cell(init, _zeros_state(hidden_size), apply, input_size, hidden_size,
-                hoist=Hoist(input_map, step))
+    def apply(params, h, x):
+        return hoist.step(params, h, input_map(params, _as_input(params, x, input_size, "rnn")))
+
+    return Cell(init, _zeros_state(hidden_size), apply, input_size, hidden_size, hoist=hoist)
 
 
 def lstm(
@@ -348,17 +411,19 @@ def lstm(
     def input_map(params, x):
         return _affine(x, params.w_i, params.b)
 
-    def step(params, state, u):
-        gates = u + state.h @ params.w_h
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
+    def combine(extras, state, u, r):
+        i, f, g, o = jnp.split(u + r, 4, axis=-1)
         c = jax.nn.sigmoid(f) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return LSTMState(h, c), h
 
-    def apply(params, state, x):
-        return step(params, state, input_map(params, _as_input(params, x, input_size, "lstm")))
+    hoist = _hoist(input_map, Recurrent(_weight_h, _no_extras, _lstm_hidden, combine))
 
-    return Cell(init, initial_state, apply, input_size, H, hoist=Hoist(input_map, step))
+    def apply(params, state, x):
+        u = input_map(params, _as_input(params, x, input_size, "lstm"))
+        return hoist.step(params, state, u)
+
+    return Cell(init, initial_state, apply, input_size, H, hoist=hoist)
 
 
 def _reset_gated(name, hidden_size, gates, reset_after, kernel_init, recurrent_init,
@@ -385,14 +450,15 @@ def _reset_gated(name, hidden_size, gates, reset_after, kernel_init, recurrent_i
 
     if reset_after:
 
-        def step(params, h, u):
-            rec = h @ params.w_h
-            reset, update = gate_fn(jax.nn.sigmoid(u[..., :ng] + rec[..., :ng]))
-            n = jnp.tanh(u[..., ng:] + reset * (rec[..., ng:] + params.b_hn))
+        def combine(b_hn, h, u, r):
+            reset, update = gate_fn(jax.nn.sigmoid(u[..., :ng] + r[..., :ng]))
+            n = jnp.tanh(u[..., ng:] + reset * (r[..., ng:] + b_hn))
             h = update * h + (1 - update) * n
             return h, h
 
-    else:
+        hoist = _hoist(input_map, Recurrent(_weight_h, _b_hn, _state_is_hidden, combine))
+
+    else:  # the candidate's matmul waits on the reset gate: no single recurrent product
 
         def step(params, h, u):
             reset, update = gate_fn(jax.nn.sigmoid(u[..., :ng] + h @ params.w_h[:, :ng]))
@@ -400,10 +466,12 @@ def _reset_gated(name, hidden_size, gates, reset_after, kernel_init, recurrent_i
             h = update * h + (1 - update) * n
             return h, h
 
-    def apply(params, h, x):
-        return step(params, h, input_map(params, _as_input(params, x, input_size, name)))
+        hoist = Hoist(input_map, step)
 
-    return Cell(init, _zeros_state(H), apply, input_size, H, hoist=Hoist(input_map, step))
+    def apply(params, h, x):
+        return hoist.step(params, h, input_map(params, _as_input(params, x, input_size, name)))
+
+    return Cell(init, _zeros_state(H), apply, input_size, H, hoist=hoist)
 
 
 def gru(

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax.cells import Cell, Layers, SequenceModel
-from seqjax.unroll import _unroll_layers, unroll
+from seqjax.unroll import _Options, _run_layers, _split_keys, run
 
 
 def stack(*parts, residual: bool = False, dropout: float = 0.0):
@@ -96,16 +96,27 @@ def stack(*parts, residual: bool = False, dropout: float = 0.0):
 
         return Cell(init, initial_state, apply, input_size, out, layers=layers)
 
-    def apply_sequence(params, xs, state=None, *, length=None, rng=None, **options):
-        _checks.sequence(xs, input_size(params), "stack")
+    def batched(params, xs, state, *, lengths=None, keys=None, **options):
+        return _run_layers(layers, params, xs, state, lengths, keys, _Options(**options))
+
+    return _sequence_model(init, initial_state, input_size, out, batched, "stack")
+
+
+def _sequence_model(init, initial_state, input_size, out, batched, name) -> SequenceModel:
+    """A :class:`~seqjax.SequenceModel` whose one-example ``apply`` is its ``batched``
+    form on a batch of one."""
+
+    def apply(params, xs, state=None, *, length=None, rng=None, **options):
+        _checks.sequence(xs, input_size(params), name)
+        length = _checks.length(length, xs.shape[0])
         if state is None:
             state = initial_state(params)
-        length = _checks.length(length, xs.shape[0])
-        return _unroll_layers(Cell(init, initial_state, None, input_size, out, layers=layers),
-                              params, xs, state, rng=rng, length=length, reverse=False,
-                              **options)
+        final, ys = batched(params, xs[:, None], jax.tree_util.tree_map(lambda s: s[None], state),
+                            lengths=None if length is None else length[None],
+                            keys=None if rng is None else rng[None], **options)
+        return jax.tree_util.tree_map(lambda s: s[0], final), ys[:, 0]
 
-    return SequenceModel(init, initial_state, apply_sequence, input_size, out)
+    return SequenceModel(init, initial_state, apply, input_size, out, batched)
 
 
 class BidirectionalParams(NamedTuple):
@@ -176,13 +187,18 @@ def bidirectional(forward, backward, *, merge: Callable = concat) -> SequenceMod
             raise ValueError(f"bidirectional: forward params expect {size} features, backward {other}")
         return size
 
-    def apply(params, xs, state=None, *, length=None, rng=None, **options):
-        _checks.sequence(xs, input_size(params), "bidirectional")
-        sf, sb = (None, None) if state is None else state
-        kf, kb = (None, None) if rng is None else jax.random.split(rng)
-        final_f, yf = unroll(forward, params.forward, xs, sf, length=length, rng=kf, **options)
-        final_b, yb = unroll(backward, params.backward, xs, sb, length=length, rng=kb,
-                             reverse=True, **options)
-        return (final_f, final_b), merge(yf, yb)
+    def batched(params, xs, state, *, lengths=None, keys=None, **options):
+        options = _Options(**options)
+        if options.reverse:
+            raise ValueError("bidirectional: reverse=True is not defined (the model already "
+                             "runs both ways)")
+        sf, sb = state
+        kf, kb = _split_keys(keys, 2)
+        final_f, yf = run(forward, params.forward, xs, sf, lengths=lengths, keys=kf,
+                          options=options)
+        final_b, yb = run(backward, params.backward, xs, sb, lengths=lengths, keys=kb,
+                          options=options._replace(reverse=True))
+        ys = jax.vmap(merge, in_axes=(1, 1), out_axes=1)(yf, yb)  # merge sees one example
+        return (final_f, final_b), ys
 
-    return SequenceModel(init, initial_state, apply, input_size, out)
+    return _sequence_model(init, initial_state, input_size, out, batched, "bidirectional")

@@ -1,26 +1,55 @@
-"""Unrolling cells over sequences: ``lax.scan``, associative scans, lengths, batches."""
+"""Unrolling cells over sequences: ``lax.scan``, associative scans, lengths, batches.
+
+:func:`unroll` runs a cell over one sequence and :func:`unroll_batch` over a batch;
+both are the same computation, which runs one ``lax.scan`` over time for the whole
+batch (the cell, which sees one example, is ``jax.vmap``-ed inside the step). How a
+cell is evaluated is chosen here, from what the cell states about itself:
+
+* linear-recurrence cells (``cell.linear``) run as ``jax.lax.associative_scan``;
+* gated cells (``cell.hoist``) may compute their input projection for all steps in
+  one matmul before the loop (``hoist``), and those whose recurrent weight enters
+  through one product (``cell.hoist.recurrent``) get a fused backward pass
+  (``fused``): only ``dr @ W_h.T`` stays in the backward loop, and the weight and
+  input gradients are single matmuls over all ``(t, b)`` afterwards, as in cuDNN;
+* everything else steps through ``cell.apply``.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import math
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from seqjax import _checks
-from seqjax.cells import Cell, SequenceModel
+from seqjax.cells import Cell, Hoist, SequenceModel
+
+_tree_map = jax.tree_util.tree_map
 
 # Whether gated cells compute their input projection for all steps before the loop
 # (one [T, I] @ [I, G] matmul) instead of inside it, by backend. Chosen by measurement
-# with `seqjax bench` (see README, "Performance"): on XLA:CPU the per-step matmul was
-# faster; on GPU/TPU hoisting is the standard win (it is what cuDNN does).
+# with `seqjax bench --hoist both` (see README, "Performance"): on XLA:CPU the
+# per-step matmul was faster; on GPU/TPU hoisting is the standard win (cuDNN does it).
 HOIST_BY_BACKEND = {"cpu": False, "gpu": True, "cuda": True, "rocm": True, "tpu": True}
 
 
 def default_hoist(backend: Optional[str] = None) -> bool:
     """The hoisting strategy :func:`unroll` uses on ``backend`` (default: JAX's)."""
     return HOIST_BY_BACKEND.get(backend or jax.default_backend(), True)
+
+
+class _Options(NamedTuple):
+    """Static unroll options, passed down unchanged through stacks."""
+
+    reverse: bool = False
+    unroll: int = 1
+    remat: bool = False
+    hoist: Optional[bool] = None
+    associative: Optional[bool] = None
+    fused: Optional[bool] = None
 
 
 def unroll(
@@ -35,6 +64,7 @@ def unroll(
     remat: bool = False,
     hoist: Optional[bool] = None,
     associative: Optional[bool] = None,
+    fused: Optional[bool] = None,
     rng=None,
 ):
     """Runs ``cell`` over one sequence.
@@ -52,83 +82,225 @@ def unroll(
         last valid step (carried, not gathered from every step's state); gradients
         w.r.t. padded inputs are exactly zero.
       unroll: steps per loop iteration, passed to ``lax.scan``.
-      remat: recompute each step's activations in the backward pass instead of
-        storing them (``jax.checkpoint`` around the step): memory ``O(T * state)``
-        instead of ``O(T * activations)`` for long sequences.
+      remat: for long sequences: keep the state only every ``k = ceil(sqrt(T))``
+        steps and recompute each chunk of ``k`` steps in the backward pass
+        (``jax.checkpoint`` per chunk). The recurrence then holds ``O(sqrt(T))``
+        states and activations instead of ``O(T)``, for one more forward pass.
       hoist: compute gated cells' input projection for all steps before the loop.
         ``None`` picks :func:`default_hoist` for the current backend.
       associative: evaluate linear-recurrence cells (min_gru, min_lstm, lru) with
         ``jax.lax.associative_scan`` (log depth). ``None`` means yes; ``False``
         steps through time with the cell's ``apply`` (same numbers).
+      fused: give cells with a :class:`~seqjax.Recurrent` form (rnn, lstm, the
+        reset-after gru and mgu) the fused backward pass described in the module
+        docstring. ``None`` means yes (with ``remat``, inside each chunk). It is a
+        ``jax.custom_vjp``,
+        so forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
+        ``jax.hessian``) needs ``fused=False``; reverse mode of any order works.
       rng: PRNG key for the dropout between stacked layers; ``None`` disables
         dropout (inference).
 
     Returns:
       ``(final_state, ys)`` with ``ys [time, output_size]``.
     """
+    options = _Options(reverse, unroll, remat, hoist, associative, fused)
     if isinstance(cell, SequenceModel):
         if reverse:
             raise ValueError("reverse=True is not defined for a SequenceModel (a "
                              "bidirectional model already runs both ways)")
-        return cell.apply(params, xs, state, length=length, rng=rng, unroll=unroll,
-                          remat=remat, hoist=hoist, associative=associative)
+        return cell.apply(params, xs, state, length=length, rng=rng,
+                          **options._replace(reverse=False)._asdict())
     if not isinstance(cell, Cell):
         raise TypeError(f"unroll expects a seqjax Cell or SequenceModel, got {type(cell).__name__}")
     _checks.sequence(xs, cell.input_size(params))
-    time = xs.shape[0]
-    length = _checks.length(length, time)
+    length = _checks.length(length, xs.shape[0])
     initial = cell.initial_state(params)
     if state is None:
         state = initial
     else:
         _checks.state_like(state, initial)
-    options = dict(reverse=reverse, length=length, unroll=unroll, remat=remat, hoist=hoist,
-                   associative=associative)
+    final, ys = run(cell, params, xs[:, None], _tree_map(lambda s: s[None], state),
+                    lengths=None if length is None else length[None],
+                    keys=None if rng is None else rng[None], options=options)
+    return _tree_map(lambda s: s[0], final), ys[:, 0]
+
+
+def unroll_batch(cell, params, xs, state=None, *, lengths=None, rng=None, **options):
+    """:func:`unroll` over a batch: ``jax.vmap(unroll)``, computed as one scan.
+
+    Equals ``jax.vmap(lambda x, s, n, k: unroll(cell, params, x, s, length=n, rng=k))``
+    over ``(xs, state, lengths, jax.random.split(rng, batch))``, but runs a single
+    ``lax.scan`` over time for the whole batch, so the fused backward pass forms the
+    weight gradients as one matmul over all ``(t, b)``.
+
+    Args:
+      cell: a :class:`~seqjax.Cell` or :class:`~seqjax.SequenceModel`.
+      params: shared by every example.
+      xs: ``[batch, time, input_size]``.
+      state: ``None`` (every example starts from ``cell.initial_state``) or a state
+        with a leading batch axis.
+      lengths: ``None`` or ``[batch]`` integer valid lengths.
+      rng: dropout key, split across the batch.
+      **options: forwarded to :func:`unroll` (``reverse``, ``unroll``, ``remat``,
+        ``hoist``, ``associative``, ``fused``).
+
+    Returns:
+      ``(final_state, ys)``: states with a leading batch axis and
+      ``ys [batch, time, output_size]``.
+    """
+    if not isinstance(cell, (Cell, SequenceModel)):
+        raise TypeError(f"unroll_batch expects a seqjax Cell or SequenceModel, got "
+                        f"{type(cell).__name__}")
+    unknown = set(options) - set(_Options._fields)
+    if unknown:
+        raise TypeError(f"unroll_batch: unknown option(s) {sorted(unknown)}; expected "
+                        f"{list(_Options._fields)}")
+    options = _Options(**options)
+    if isinstance(cell, SequenceModel) and options.reverse:
+        raise ValueError("reverse=True is not defined for a SequenceModel (a bidirectional "
+                         "model already runs both ways)")
+    _checks.batch(xs, cell.input_size(params))
+    batch, time = xs.shape[:2]
+    lengths = _checks.length(lengths, time, shape=(batch,), name="lengths")
+    initial = cell.initial_state(params)
+    if state is None:
+        state = _tree_map(lambda s: jnp.broadcast_to(s, (batch,) + s.shape), initial)
+    else:
+        _checks.state_like(_tree_map(lambda s: s[0], state), initial)
+        for leaf in jax.tree_util.tree_leaves(state):
+            if leaf.shape[0] != batch:
+                raise ValueError(f"unroll_batch: state needs a leading batch axis of {batch}, "
+                                 f"got shape {tuple(leaf.shape)}")
+    keys = None if rng is None else jax.random.split(rng, batch)
+    final, ys = run(cell, params, jnp.swapaxes(xs, 0, 1), state, lengths=lengths, keys=keys,
+                    options=options)
+    return final, jnp.swapaxes(ys, 0, 1)
+
+
+# ------------------------------------------------------------------ time-major core
+
+
+def run(cell, params, xs, state, *, lengths, keys, options: _Options):
+    """The unroll of a batch, time-major: the implementation behind everything above.
+
+    Args:
+      cell: a :class:`~seqjax.Cell` or :class:`~seqjax.SequenceModel`.
+      params: the cell's params (shared over the batch).
+      xs: ``[time, batch, input_size]``, already checked.
+      state: state with a leading ``[batch]`` axis.
+      lengths: ``None`` or int32 ``[batch]``.
+      keys: ``None`` or ``[batch]`` PRNG keys, one per example (dropout).
+      options: :class:`_Options`.
+
+    Returns:
+      ``(final_state [batch, ...], ys [time, batch, output_size])``.
+    """
+    if isinstance(cell, SequenceModel):
+        return cell.batched(params, xs, state, lengths=lengths, keys=keys, **options._asdict())
     if cell.layers is not None:
-        return _unroll_layers(cell, params, xs, state, rng=rng, **options)
-    return _unroll_cell(cell, params, xs, state, **options)
+        return _run_layers(cell.layers, params, xs, state, lengths, keys, options)
+    return _run_cell(cell, params, xs, state, lengths, options)
 
 
-def _unroll_cell(cell, params, xs, state, *, reverse, length, unroll, remat, hoist,
-                 associative):
+def _valid(lengths, time):
+    """``[time, batch]`` booleans, ``t < lengths[b]``; ``None`` without lengths."""
+    if lengths is None:
+        return None
+    return jnp.arange(time, dtype=jnp.int32)[:, None] < lengths[None, :]
+
+
+def _where_batch(ok, new, old):
+    """``new`` where ``ok [batch]`` is true, else ``old``, leaf by leaf."""
+    return _tree_map(lambda n, o: jnp.where(ok.reshape(ok.shape + (1,) * (n.ndim - 1)), n, o),
+                     new, old)
+
+
+def _zero_where_not(ok, y):
+    return jnp.where(ok.reshape(ok.shape + (1,) * (y.ndim - 1)), y, jnp.zeros((), y.dtype))
+
+
+def _run_cell(cell: Cell, params, xs, state, lengths, options: _Options):
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     xs = xs.astype(dtype)
-    time = xs.shape[0]
-    valid = None if length is None else jnp.arange(time, dtype=jnp.int32) < length
+    valid = _valid(lengths, xs.shape[0])
     if valid is not None:
-        xs = jnp.where(valid[:, None], xs, jnp.zeros((), dtype))
-    if cell.linear is not None and (associative is None or associative):
-        return _associative(cell.linear, params, xs, state, reverse, valid)
+        xs = jnp.where(valid[..., None], xs, jnp.zeros((), dtype))
 
-    if cell.hoist is not None and (default_hoist() if hoist is None else hoist):
+    def evaluate(xs, state, valid):
+        return _evaluate(cell, params, xs, state, valid, options)
+
+    if options.remat and xs.shape[0] > 1:
+        return _checkpointed_chunks(evaluate, xs, state, valid, options.reverse)
+    return evaluate(xs, state, valid)
+
+
+def _checkpointed_chunks(evaluate, xs, state, valid, reverse):
+    """``evaluate`` over chunks of ``k = ceil(sqrt(T))`` steps, each a ``jax.checkpoint``.
+
+    The forward pass keeps only the state between chunks; the backward pass reruns
+    one chunk at a time. Memory for the recurrence is ``O(sqrt(T))`` states and
+    activations instead of ``O(T)``, for one extra forward pass. A ragged last chunk
+    is padded with masked steps, which leave the state as it is.
+    """
+    time, batch = xs.shape[:2]
+    k = math.isqrt(time - 1) + 1
+    n = -(-time // k)
+    pad = n * k - time
+    if pad:
+        xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)])
+        valid = jnp.ones((time, batch), bool) if valid is None else valid
+        valid = jnp.concatenate([valid, jnp.zeros((pad, batch), bool)])
+    chunks = (xs.reshape((n, k) + xs.shape[1:]),
+              None if valid is None else valid.reshape((n, k, batch)))
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def chunk(carry, inp):
+        return evaluate(inp[0], carry, inp[1])
+
+    final, ys = lax.scan(chunk, state, chunks, reverse=reverse)
+    return final, ys.reshape((n * k,) + ys.shape[2:])[:time]
+
+
+def _evaluate(cell: Cell, params, xs, state, valid, options: _Options):
+    """One unroll of ``cell`` over masked ``xs [T, B, F]``, by the cell's best strategy."""
+    if cell.linear is not None and options.associative is not False:
+        return _associative(cell.linear, params, xs, state, options.reverse, valid)
+
+    hoist = cell.hoist is not None and (default_hoist() if options.hoist is None
+                                        else options.hoist)
+    if (cell.hoist is not None and cell.hoist.recurrent is not None
+            and options.fused is not False):
+        return _fused(cell.hoist, params, xs, state, valid, options.reverse, options.unroll,
+                      hoist)
+
+    if hoist:
         step, inputs = cell.hoist.step, cell.hoist.input_map(params, xs)
     else:
         step, inputs = cell.apply, xs
-    if remat:
-        step = jax.checkpoint(step, prevent_cse=False)
+    step = jax.vmap(step, in_axes=(None, 0, 0))
 
     if valid is None:
 
         def body(carry, x):
             return step(params, carry, x)
 
-        return lax.scan(body, state, inputs, reverse=reverse, unroll=unroll)
+        return lax.scan(body, state, inputs, reverse=options.reverse, unroll=options.unroll)
 
     def masked_body(carry, inp):
         x, ok = inp
         new, y = step(params, carry, x)
-        new = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, carry)
-        return new, jnp.where(ok, y, jnp.zeros((), y.dtype))
+        return _where_batch(ok, new, carry), _zero_where_not(ok, y)
 
-    return lax.scan(masked_body, state, (inputs, valid), reverse=reverse, unroll=unroll)
+    return lax.scan(masked_body, state, (inputs, valid), reverse=options.reverse,
+                    unroll=options.unroll)
 
 
 def _associative(linear, params, xs, h0, reverse, valid):
-    a, b = linear.coefficients(params, xs)
+    a, b = linear.coefficients(params, xs)  # [T, B, N]
     if valid is not None:
         # padded steps leave the state as it is: h = 1 * h + 0
-        a = jnp.where(valid[:, None], a, jnp.ones((), a.dtype))
-        b = jnp.where(valid[:, None], b, jnp.zeros((), b.dtype))
+        a = jnp.where(valid[..., None], a, jnp.ones((), a.dtype))
+        b = jnp.where(valid[..., None], b, jnp.zeros((), b.dtype))
     first = -1 if reverse else 0
     b = b.at[first].add(a[first] * h0)
 
@@ -140,23 +312,119 @@ def _associative(linear, params, xs, h0, reverse, valid):
     _, hs = lax.associative_scan(combine, (a, b), reverse=reverse)
     ys = linear.readout(params, hs, xs)
     if valid is not None:
-        ys = jnp.where(valid[:, None], ys, jnp.zeros((), ys.dtype))
+        ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
     return hs[0 if reverse else -1], ys
 
 
-def _unroll_layers(cell, params, xs, state, *, rng, **options):
-    layers = cell.layers
-    if len(params) != len(layers.parts):
-        raise ValueError(f"stack of {len(layers.parts)} layers got params for {len(params)}")
-    keys = [None] * len(layers.parts) if rng is None else list(jax.random.split(rng, len(layers.parts)))
+# ------------------------------------------------------------------- fused backward
+
+
+def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
+           hoisted: bool):
+    """A gated cell's unroll with a cuDNN-style backward pass (``jax.custom_vjp``).
+
+    Forward: the ordinary scan, saving each step's previous state, input projection
+    ``u_t`` and recurrent product ``r_t``. Backward: one reverse scan whose only
+    matmul is ``dr_t @ W.T`` (the gradient flowing to ``h_{t-1}``), emitting
+    ``du_t`` and ``dr_t``; then ``dW = sum_t hidden(s_{t-1}).T @ dr_t`` and the input
+    map's gradients (``dW_i``, ``db``, ``dx``) are each one matmul over all
+    ``(t, b)``, instead of ``T`` small matmuls accumulated inside the loop.
+    """
+    rec = hoist.recurrent
+    input_map = hoist.input_map
+    combine = jax.vmap(rec.combine, in_axes=(None, 0, 0, 0))
+    hidden = jax.vmap(rec.hidden)
+
+    def forward(params, xs, state, valid, save):
+        weight, extras = rec.weight(params), rec.extras(params)
+        inputs = input_map(params, xs) if hoisted else xs
+
+        def body(s, inp):
+            x, ok = inp
+            u = x if hoisted else input_map(params, x)
+            r = hidden(s) @ weight
+            new, y = combine(extras, s, u, r)
+            if ok is not None:
+                new, y = _where_batch(ok, new, s), _zero_where_not(ok, y)
+            return new, ((y, s, u, r) if save else y)
+
+        return lax.scan(body, state, (inputs, valid), reverse=reverse, unroll=unroll)
+
+    @jax.custom_vjp
+    def fused_scan(params, xs, state, valid):
+        return forward(params, xs, state, valid, save=False)
+
+    def fused_fwd(params, xs, state, valid):
+        final, (ys, states, us, rs) = forward(params, xs, state, valid, save=True)
+        return (final, ys), (params, xs, states, us, rs, valid)
+
+    def fused_bwd(residuals, cotangents):
+        params, xs, states, us, rs, valid = residuals
+        d_final, d_ys = cotangents
+        weight, extras = rec.weight(params), rec.extras(params)
+        weight_t = weight.T
+        same = []  # set while tracing: du and dr are one value (u and r enter as u + r)
+
+        def body(carry, inp):
+            ds, d_extras = carry
+            s, u, r, dy, ok = inp
+            _, vjp = jax.vjp(combine, extras, s, u, r)
+            if ok is not None:
+                ds_step = _tree_map(lambda d: _zero_where_not(ok, d), ds)
+                dy = _zero_where_not(ok, dy)
+            else:
+                ds_step = ds
+            de, ds_prev, du, dr = vjp((ds_step, dy))
+            _, hidden_vjp = jax.vjp(hidden, s)
+            (dh,) = hidden_vjp(dr @ weight_t)
+            ds_prev = _tree_map(jnp.add, ds_prev, dh)
+            if ok is not None:  # a padded step passes the state (and its gradient) through
+                ds_prev = _tree_map(lambda a, d: a + _zero_where_not(~ok, d), ds_prev, ds)
+            same[:] = [du is dr]
+            carry = (ds_prev, _tree_map(jnp.add, d_extras, de))
+            return carry, (du if same[0] else (du, dr))
+
+        zero_extras = _tree_map(jnp.zeros_like, extras)
+        (d_state, d_extras), out = lax.scan(
+            body, (d_final, zero_extras), (states, us, rs, d_ys, valid),
+            reverse=not reverse, unroll=unroll)
+        dus, drs = (out, out) if same[0] else out
+        hs = hidden(_tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), states))  # [T*B, H]
+        d_weight = hs.T @ drs.reshape(-1, drs.shape[-1])
+        _, rec_vjp = jax.vjp(lambda p: (rec.weight(p), rec.extras(p)), params)
+        (d_params_rec,) = rec_vjp((d_weight.astype(weight.dtype), d_extras))
+        _, in_vjp = jax.vjp(input_map, params, xs)
+        d_params_in, d_xs = in_vjp(dus)
+        return _tree_map(jnp.add, d_params_in, d_params_rec), d_xs, d_state, None
+
+    fused_scan.defvjp(fused_fwd, fused_bwd)
+    return fused_scan(params, xs, state, valid)
+
+
+# ------------------------------------------------------------------------- layers
+
+
+def _split_keys(keys, n):
+    """Per-example keys ``[B]`` -> ``n`` arrays of per-example keys ``[B]``."""
+    if keys is None:
+        return [None] * n
+    split = jax.vmap(lambda k: jax.random.split(k, n))(keys)
+    return [split[:, i] for i in range(n)]
+
+
+def _run_layers(layers, params, xs, state, lengths, keys, options: _Options):
+    parts = layers.parts
+    if len(params) != len(parts):
+        raise ValueError(f"stack of {len(parts)} layers got params for {len(params)}")
     finals = []
-    for i, (part, p, s, key) in enumerate(zip(layers.parts, params, state, keys)):
-        sub_key, drop_key = (None, None) if key is None else jax.random.split(key)
-        final, ys = unroll(part, p, xs, s, rng=sub_key, **options)
+    for i, (part, p, s, key) in enumerate(zip(parts, params, state, _split_keys(keys, len(parts)))):
+        sub_keys, drop_keys = _split_keys(key, 2)
+        final, ys = run(part, p, xs, s, lengths=lengths, keys=sub_keys, options=options)
         if layers.residual and i > 0:
             ys = ys + xs.astype(ys.dtype)
-        if i < len(layers.parts) - 1:
-            ys = dropout(ys, layers.dropout, drop_key)
+        if i < len(parts) - 1 and drop_keys is not None and layers.dropout > 0.0:
+            ys = jnp.swapaxes(jax.vmap(lambda y, k: dropout(y, layers.dropout, k), (1, 0))(
+                ys, drop_keys), 0, 1)
         finals.append(final)
         xs = ys
     return tuple(finals), xs
@@ -168,41 +436,3 @@ def dropout(x, rate: float, rng):
         return x
     keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
-
-
-def unroll_batch(cell, params, xs, state=None, *, lengths=None, rng=None, **options):
-    """:func:`unroll` over a batch, built with ``jax.vmap``.
-
-    Args:
-      cell: a :class:`~seqjax.Cell` or :class:`~seqjax.SequenceModel`.
-      params: shared by every example.
-      xs: ``[batch, time, input_size]``.
-      state: ``None`` (every example starts from ``cell.initial_state``) or a state
-        with a leading batch axis.
-      lengths: ``None`` or ``[batch]`` integer valid lengths.
-      rng: dropout key, split across the batch.
-      **options: forwarded to :func:`unroll` (``reverse``, ``unroll``, ``remat``,
-        ``hoist``, ``associative``).
-
-    Returns:
-      ``(final_state, ys)``: states with a leading batch axis and
-      ``ys [batch, time, output_size]``.
-    """
-    _checks.batch(xs, cell.input_size(params))
-    batch, time = xs.shape[:2]
-    lengths = _checks.length(lengths, time, shape=(batch,), name="lengths")
-    if state is not None:
-        initial = cell.initial_state(params)
-        _checks.state_like(jax.tree_util.tree_map(lambda s: s[0], state), initial)
-        for leaf in jax.tree_util.tree_leaves(state):
-            if leaf.shape[0] != batch:
-                raise ValueError(f"unroll_batch: state needs a leading batch axis of {batch}, "
-                                 f"got shape {tuple(leaf.shape)}")
-    keys = None if rng is None else jax.random.split(rng, batch)
-
-    def one(x, s, n, k):
-        return unroll(cell, params, x, s, length=n, rng=k, **options)
-
-    in_axes = (0, None if state is None else 0, None if lengths is None else 0,
-               None if keys is None else 0)
-    return jax.vmap(one, in_axes=in_axes)(xs, state, lengths, keys)

@@ -319,21 +319,49 @@ def _associative(linear, params, xs, h0, reverse, valid):
 # ------------------------------------------------------------------- fused backward
 
 
+class _CombineFacts(NamedTuple):
+    """What the fused pass reads off a cell's ``combine`` (only to save memory traffic)."""
+
+    adds: bool  # u and r enter only as u + r: save and differentiate g = u + r once
+    y_leaf: Optional[int]  # y is this leaf of the new state: don't save that leaf
+
+
+def _combine_facts(combine, extras, state, gates: int, dtype) -> _CombineFacts:
+    """Reads :class:`_CombineFacts` off the jaxpr of one example's ``combine``."""
+    one = jax.ShapeDtypeStruct((gates,), dtype)
+    example = _tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
+    jaxpr = jax.make_jaxpr(combine)(extras, example, one, one).jaxpr
+    u, r = jaxpr.invars[-2:]
+    uses = [e for e in jaxpr.eqns if any(v is u or v is r for v in e.invars)]
+    adds = (len(uses) == 1 and uses[0].primitive.name == "add"
+            and {id(v) for v in uses[0].invars} == {id(u), id(r)}
+            and not any(v is u or v is r for v in jaxpr.outvars))
+    *state_out, y = jaxpr.outvars
+    y_leaf = next((i for i, v in enumerate(state_out) if v is y), None)
+    return _CombineFacts(adds, y_leaf)
+
+
 def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
            hoisted: bool):
     """A gated cell's unroll with a cuDNN-style backward pass (``jax.custom_vjp``).
 
     Forward: the ordinary scan, saving each step's previous state, input projection
-    ``u_t`` and recurrent product ``r_t``. Backward: one reverse scan whose only
-    matmul is ``dr_t @ W.T`` (the gradient flowing to ``h_{t-1}``), emitting
-    ``du_t`` and ``dr_t``; then ``dW = sum_t hidden(s_{t-1}).T @ dr_t`` and the input
-    map's gradients (``dW_i``, ``db``, ``dx``) are each one matmul over all
-    ``(t, b)``, instead of ``T`` small matmuls accumulated inside the loop.
+    ``u_t`` and recurrent product ``r_t`` (only ``g_t = u_t + r_t`` when the cell adds
+    them, as the LSTM does, and no copy of a state that is also the output).
+    Backward: one reverse scan whose only matmul is ``dr_t @ W.T`` (the gradient
+    flowing to ``h_{t-1}``), emitting ``du_t`` and ``dr_t``; then
+    ``dW = sum_t hidden(s_{t-1}).T @ dr_t`` and the input map's gradients (``dW_i``,
+    ``db``, ``dx``) are each one matmul over all ``(t, b)``, instead of ``T`` small
+    matmuls accumulated inside the loop.
     """
     rec = hoist.recurrent
     input_map = hoist.input_map
     combine = jax.vmap(rec.combine, in_axes=(None, 0, 0, 0))
     hidden = jax.vmap(rec.hidden)
+    weight = rec.weight(params)
+    facts = _combine_facts(rec.combine, rec.extras(params), state, weight.shape[-1],
+                           weight.dtype)
+    derive = facts.y_leaf if valid is None else None  # that state leaf = the last output
 
     def forward(params, xs, state, valid, save):
         weight, extras = rec.weight(params), rec.extras(params)
@@ -346,7 +374,11 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
             new, y = combine(extras, s, u, r)
             if ok is not None:
                 new, y = _where_batch(ok, new, s), _zero_where_not(ok, y)
-            return new, ((y, s, u, r) if save else y)
+            if not save:
+                return new, y
+            leaves = jax.tree_util.tree_leaves(s)
+            kept = [l for i, l in enumerate(leaves) if i != derive]
+            return new, (y, kept, (u + r,) if facts.adds else (u, r))
 
         return lax.scan(body, state, (inputs, valid), reverse=reverse, unroll=unroll)
 
@@ -355,40 +387,55 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
         return forward(params, xs, state, valid, save=False)
 
     def fused_fwd(params, xs, state, valid):
-        final, (ys, states, us, rs) = forward(params, xs, state, valid, save=True)
-        return (final, ys), (params, xs, states, us, rs, valid)
+        final, (ys, kept, pre) = forward(params, xs, state, valid, save=True)
+        return (final, ys), (params, xs, state, ys if derive is not None else None, kept, pre,
+                             valid)
+
+    def previous_states(state, ys, kept):
+        """The state before every step, ``[T, B, ...]`` leaves, rebuilt from residuals."""
+        leaves, tree = jax.tree_util.tree_flatten(state)
+        kept = list(kept)
+        if derive is not None:  # s_{t-1} of that leaf is y_{t-1}; s_0 the initial state
+            first = leaves[derive][None].astype(ys.dtype)
+            shifted = (jnp.concatenate([ys[1:], first]) if reverse
+                       else jnp.concatenate([first, ys[:-1]]))
+            kept.insert(derive, shifted)
+        return jax.tree_util.tree_unflatten(tree, kept)
 
     def fused_bwd(residuals, cotangents):
-        params, xs, states, us, rs, valid = residuals
+        params, xs, state, ys, kept, pre, valid = residuals
         d_final, d_ys = cotangents
         weight, extras = rec.weight(params), rec.extras(params)
         weight_t = weight.T
-        same = []  # set while tracing: du and dr are one value (u and r enter as u + r)
+        states = previous_states(state, ys, kept)
+        if facts.adds:
+            def step(e, s, g):
+                return combine(e, s, g, jnp.zeros_like(g))
+        else:
+            step = combine
 
         def body(carry, inp):
             ds, d_extras = carry
-            s, u, r, dy, ok = inp
-            _, vjp = jax.vjp(combine, extras, s, u, r)
+            s, pre, dy, ok = inp
+            _, vjp = jax.vjp(step, extras, s, *pre)
             if ok is not None:
                 ds_step = _tree_map(lambda d: _zero_where_not(ok, d), ds)
                 dy = _zero_where_not(ok, dy)
             else:
                 ds_step = ds
-            de, ds_prev, du, dr = vjp((ds_step, dy))
+            de, ds_prev, *d_pre = vjp((ds_step, dy))
             _, hidden_vjp = jax.vjp(hidden, s)
-            (dh,) = hidden_vjp(dr @ weight_t)
+            (dh,) = hidden_vjp(d_pre[-1] @ weight_t)  # d_pre[-1] is dr (or dg)
             ds_prev = _tree_map(jnp.add, ds_prev, dh)
             if ok is not None:  # a padded step passes the state (and its gradient) through
                 ds_prev = _tree_map(lambda a, d: a + _zero_where_not(~ok, d), ds_prev, ds)
-            same[:] = [du is dr]
-            carry = (ds_prev, _tree_map(jnp.add, d_extras, de))
-            return carry, (du if same[0] else (du, dr))
+            return (ds_prev, _tree_map(jnp.add, d_extras, de)), tuple(d_pre)
 
         zero_extras = _tree_map(jnp.zeros_like, extras)
-        (d_state, d_extras), out = lax.scan(
-            body, (d_final, zero_extras), (states, us, rs, d_ys, valid),
+        (d_state, d_extras), d_pre = lax.scan(
+            body, (d_final, zero_extras), (states, pre, d_ys, valid),
             reverse=not reverse, unroll=unroll)
-        dus, drs = (out, out) if same[0] else out
+        dus, drs = d_pre[0], d_pre[-1]
         hs = hidden(_tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), states))  # [T*B, H]
         d_weight = hs.T @ drs.reshape(-1, drs.shape[-1])
         _, rec_vjp = jax.vjp(lambda p: (rec.weight(p), rec.extras(p)), params)

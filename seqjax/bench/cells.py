@@ -56,6 +56,7 @@ class Base:
     torch_text: str = ""
     torch_module: str = ""  # nn.RNN / nn.LSTM / nn.GRU
     option: str = ""  # "hoist" or "associative": the unroll option that matters
+    fusable: bool = False  # has seqjax's fused backward (fused=True/False both exist)
 
 
 BASES = {
@@ -63,17 +64,17 @@ BASES = {
         "rnn", lambda H, N, dt: seqjax.rnn(H, param_dtype=dt),
         lambda I, H, N: 2 * H * (I + H), lambda I, H, N: 3 * H,
         lambda I, H, N: H * (I + H) + H, "H(I+H)+H",
-        lambda I, H: H * (I + H) + 2 * H, "H(I+H)+2H", "RNN", "hoist"),
+        lambda I, H: H * (I + H) + 2 * H, "H(I+H)+2H", "RNN", "hoist", True),
     "lstm": Base(
         "lstm", lambda H, N, dt: seqjax.lstm(H, param_dtype=dt),
         lambda I, H, N: 2 * (I + H) * 4 * H, lambda I, H, N: 17 * H,
         lambda I, H, N: 4 * H * (I + H) + 4 * H, "4H(I+H)+4H",
-        lambda I, H: 4 * H * (I + H) + 8 * H, "4H(I+H)+8H", "LSTM", "hoist"),
+        lambda I, H: 4 * H * (I + H) + 8 * H, "4H(I+H)+8H", "LSTM", "hoist", True),
     "gru": Base(
         "gru", lambda H, N, dt: seqjax.gru(H, reset_after=True, param_dtype=dt),
         lambda I, H, N: 2 * (I + H) * 3 * H, lambda I, H, N: 15 * H,
         lambda I, H, N: 3 * H * (I + H) + 4 * H, "3H(I+H)+3H+H (b_hn)",
-        lambda I, H: 3 * H * (I + H) + 6 * H, "3H(I+H)+6H", "GRU", "hoist"),
+        lambda I, H: 3 * H * (I + H) + 6 * H, "3H(I+H)+6H", "GRU", "hoist", True),
     "gru_rb": Base(
         "gru_rb", lambda H, N, dt: seqjax.gru(H, reset_after=False, param_dtype=dt),
         lambda I, H, N: 2 * (I + H) * 3 * H, lambda I, H, N: 14 * H,
@@ -173,6 +174,12 @@ class GridPart:
 
 SCAN_CELLS = ("min_gru", "min_lstm", "lru")
 
+TARGETS = (
+    GridPart(("lstm", "gru"), (64,), (256,), (256,), ("float32",), "CPU target"),
+    GridPart(("lstm", "gru"), (16,), (512,), (128,), ("float32",), "CPU target"),
+    GridPart(("lstm", "gru"), (1,), (1024,), (64,), ("float32",), "CPU target"),
+)
+
 GRIDS = {
     "tiny": dict(parts=(GridPart(DEFAULT_CELLS, (2,), (8,), (8,)),), warmup=1, repeats=2),
     # about 2 minutes on 2 CPU cores, compilation included
@@ -187,11 +194,11 @@ GRIDS = {
             GridPart(("lstm", "gru", "min_gru", "min_lstm"), (64,), (512, 4096), (128,),
                      ("float32",), "minGRU paper (Feng et al. 2024) lengths"),
             GridPart(SCAN_CELLS, (16,), (16384,), (128,), ("float32",), "long sequences"),
-            GridPart(("lstm", "gru"), (64,), (256,), (256,), ("float32",), "issue 6 CPU target"),
-            GridPart(("lstm", "gru"), (16,), (512,), (128,), ("float32",), "issue 6 CPU target"),
-            GridPart(("lstm", "gru"), (1,), (1024,), (64,), ("float32",), "issue 6 CPU target"),
+            *TARGETS,
         ),
         warmup=3, repeats=20),
+    # the CPU comparison points of the README's performance table
+    "targets": dict(parts=TARGETS, warmup=2, repeats=10),
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

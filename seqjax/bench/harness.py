@@ -45,27 +45,34 @@ def grad_fn(fwd):
     return jax.grad(loss, argnums=(0, 1))
 
 
-def variants(spec, hoist: str, associative: str, unroll: int):
-    """The unroll options to measure for ``spec``: ``[(label, options), ...]``."""
-    option = spec.base.option
-    choice = hoist if option == "hoist" else associative
-    values = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}[choice]
-    out = []
-    for v in values:
-        opts = {"unroll": unroll} if unroll != 1 else {}
-        if option == "hoist":
-            resolved = seqjax.default_hoist() if v is None else v
-            label = f"hoist={'on' if resolved else 'off'}"
-            if v is not None:
-                opts["hoist"] = v
-        else:
-            resolved = True if v is None else v
-            label = f"assoc={'on' if resolved else 'off'}"
-            if v is not None:
-                opts["associative"] = v
-        if unroll != 1:
-            label += f",unroll={unroll}"
-        out.append((label, opts))
+_CHOICES = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}
+
+
+def variants(spec, hoist: str, associative: str, unroll: int, fused: str = "auto"):
+    """The unroll options to measure for ``spec``: ``[(label, options), ...]``.
+
+    Gated cells vary ``hoist`` (and, where the cell has a fused backward, ``fused``);
+    linear-recurrence cells vary ``associative``. ``"auto"`` leaves an option to
+    seqjax's default and labels the row with what that default resolved to.
+    """
+    if spec.base.option != "hoist":
+        out = []
+        for v in _CHOICES[associative]:
+            opts = {} if v is None else {"associative": v}
+            out.append((f"assoc={'off' if v is False else 'on'}", opts))
+    else:
+        can_fuse = spec.base.fusable
+        out = []
+        for h in _CHOICES[hoist]:
+            for f in (_CHOICES[fused] if can_fuse else [None]):
+                opts = {k: v for k, v in (("hoist", h), ("fused", f)) if v is not None}
+                resolved = seqjax.default_hoist() if h is None else h
+                label = f"hoist={'on' if resolved else 'off'}"
+                if can_fuse:
+                    label += f",fused={'off' if f is False else 'on'}"
+                out.append((label, opts))
+    if unroll != 1:
+        out = [(label + f",unroll={unroll}", dict(opts, unroll=unroll)) for label, opts in out]
     return out
 
 
@@ -113,7 +120,7 @@ def _fail(row, status, error):
 
 
 def run_case(case: Case, *, peers, modes, warmup, repeats, hoist="auto", associative="auto",
-             unroll=1, on_step=None):
+             unroll=1, fused="auto", on_step=None):
     """Measures seqjax and every applicable peer on one case; returns the rows."""
     spec = cell_spec(case.cell)
     dtype = DTYPES[case.dtype]
@@ -132,7 +139,7 @@ def run_case(case: Case, *, peers, modes, warmup, repeats, hoist="auto", associa
         build_error = None
     except (TypeError, ValueError) as e:
         build_error = e
-    for label, opts in variants(spec, hoist, associative, unroll):
+    for label, opts in variants(spec, hoist, associative, unroll, fused):
         for mode in modes:
             step(f"{case.cell} seqjax {mode}")
             row = _row(case, spec, "seqjax", mode, label, "seqjax.unroll_batch", device)
@@ -315,6 +322,8 @@ def parser():
     p.add_argument("--hoist", choices=("auto", "on", "off", "both"), default="auto",
                    help="gated cells' input projection before the loop (auto: "
                         "seqjax.default_hoist)")
+    p.add_argument("--fused", choices=("auto", "on", "off", "both"), default="auto",
+                   help="the fused backward pass of rnn/lstm/gru/mgu (auto: on)")
     p.add_argument("--associative", choices=("auto", "on", "off", "both"), default="auto",
                    help="linear cells by associative scan (auto: on)")
     p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll for seqjax")
@@ -365,7 +374,7 @@ def main(argv=None) -> int:
         bar.set_postfix_str(f"{case.cell} B{case.batch} T{case.length} H{case.hidden} "
                             f"{case.dtype}", refresh=True)
         rows.extend(run_case(case, peers=peers, modes=args.modes, warmup=args.warmup,
-                             repeats=args.repeats, hoist=args.hoist,
+                             repeats=args.repeats, hoist=args.hoist, fused=args.fused,
                              associative=args.associative, unroll=args.unroll))
     bar.close()
     elapsed = time.perf_counter() - start

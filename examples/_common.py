@@ -1,0 +1,50 @@
+"""Pieces shared by the examples: the cells they offer and a minibatch iterator."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+import seqjax
+
+CELLS = {
+    "lstm": seqjax.lstm,
+    "gru": seqjax.gru,
+    "mgu": seqjax.mgu,
+    "rnn": seqjax.rnn,
+    "min_gru": seqjax.min_gru,
+    "min_lstm": seqjax.min_lstm,
+}
+
+
+def minibatches(arrays: dict, batch_size: int, seed: int):
+    """Endless shuffled minibatches: each epoch is a fresh permutation of the rows.
+
+    Args:
+      arrays: equal-length numpy arrays, e.g. ``{"x": [n, T, F], "y": [n]}``.
+      batch_size: rows per batch (an epoch's last incomplete batch is dropped, so
+        every batch has the same shape and the train step compiles once).
+      seed: seed of the shuffling.
+
+    Yields:
+      Dicts with the same keys, each array ``[batch_size, ...]``.
+    """
+    sizes = {name: len(a) for name, a in arrays.items()}
+    n = min(sizes.values())
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"minibatches: arrays must have equal lengths, got {sizes}")
+    if not 0 < batch_size <= n:
+        raise ValueError(f"minibatches: batch_size must lie in [1, {n}] (the number of "
+                         f"rows), got {batch_size}")
+    rng = np.random.default_rng(seed)
+    for _ in itertools.count():
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            yield {name: a[idx] for name, a in arrays.items()}
+
+
+def losses_of(history) -> list:
+    """The training loss of every step from :func:`seqjax.train.fit`'s history."""
+    return [entry["loss"] for entry in history]

@@ -1,0 +1,199 @@
+"""Character-level language model with text generation (one-to-many sampling).
+
+The default text ships with Python itself: the reference documentation that
+``help()`` shows for keywords and topics ("The assert statement", "Assignment
+statements", ...), stored in the standard library module ``pydoc_data.topics``
+(about 465,000 characters of English prose with code samples on Python 3.11; PSF
+license; no download). The topics are joined in name order and the last
+``test_fraction`` of the characters is held out. ``--text-file`` trains on any
+UTF-8 file instead.
+
+A recurrent cell reads random windows of the training text and predicts each next
+character. On the held-out text the model's cross-entropy in bits per character
+is printed beside the unigram baseline: the cross-entropy of the training
+character frequencies (add-one smoothed, so every test character has a
+probability) on the same test characters. Then the model continues a prompt by
+sampling one character at a time with a temperature.
+
+Run::
+
+    python -m examples.char_lm
+    python -m examples.char_lm --cell lstm --steps 3000 --prompt "The while statement"
+    python -m examples.char_lm --text-file some_book.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import jax
+import numpy as np
+
+from examples._common import CELLS, losses_of
+from seqjax import losses, models, train
+
+UNK = 0  # id of characters never seen in training
+
+
+def load_text(path=None) -> str:
+    """The training text.
+
+    Args:
+      path: a UTF-8 text file; ``None`` gives Python's own help topics
+        (``pydoc_data.topics``, standard library), joined in name order.
+    """
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[name] for name in sorted(topics))
+
+
+class Corpus:
+    """A text split in time, with a character vocabulary from the training part.
+
+    Attributes:
+      chars: the vocabulary; id ``i + 1`` is ``chars[i]``, id ``0`` is unknown.
+      train, test: int32 ids ``[n_train]``, ``[n_test]``.
+    """
+
+    def __init__(self, text: str, test_fraction: float = 0.1):
+        split = int(len(text) * (1.0 - test_fraction))
+        self.chars = sorted(set(text[:split]))
+        self._ids = {ch: i + 1 for i, ch in enumerate(self.chars)}
+        self.train = self.encode(text[:split])
+        self.test = self.encode(text[split:])
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str):
+        return np.array([self._ids.get(ch, UNK) for ch in text], np.int32)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i - 1] if i > 0 else "?" for i in np.asarray(ids).tolist())
+
+
+def unigram_bits_per_char(train_ids, test_ids, vocab_size: int) -> float:
+    """Cross-entropy (bits/char) on ``test_ids`` of add-one smoothed train frequencies."""
+    counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
+    log_p = np.log2(counts / counts.sum())
+    return float(-log_p[test_ids].mean())
+
+
+def windows(ids, length: int, batch_size: int, seed: int):
+    """Endless batches of random windows ``{"x": [B, length], "y": [B, length]}``;
+    ``y`` is ``x`` shifted by one character."""
+    rng = np.random.default_rng(seed)
+    offsets = np.arange(length + 1)
+    for _ in itertools.count():
+        starts = rng.integers(0, len(ids) - length - 1, size=batch_size)
+        chunk = ids[starts[:, None] + offsets]
+        yield {"x": chunk[:, :-1], "y": chunk[:, 1:]}
+
+
+def chunks(ids, length: int):
+    """Cuts ``ids`` into consecutive ``(x, y, lengths)`` chunks for evaluation.
+
+    Every character after the first is predicted exactly once; the last chunk is
+    padded (``lengths`` says how much of each chunk is real).
+    """
+    inputs, targets = ids[:-1], ids[1:]
+    n = -(-len(inputs) // length)
+    x = np.zeros((n, length), np.int32)
+    y = np.zeros((n, length), np.int32)
+    lengths = np.zeros(n, np.int32)
+    for i in range(n):
+        part = slice(i * length, (i + 1) * length)
+        k = len(inputs[part])
+        x[i, :k], y[i, :k], lengths[i] = inputs[part], targets[part], k
+    return x, y, lengths
+
+
+def run(*, cell: str = "gru", hidden: int = 192, embed_dim: int = 32, steps: int = 1500,
+        seq_len: int = 64, batch_size: int = 32, lr: float = 3e-3, test_fraction: float = 0.1,
+        prompt: str = "The if statement", sample_steps: int = 300, temperature: float = 0.7,
+        eval_len: int = 256, seed: int = 0, progress: bool = True, text: str | None = None,
+        text_file=None):
+    """Trains the language model, scores it on held-out text and samples from it.
+
+    Args:
+      eval_len: the held-out text is scored in consecutive chunks of this many
+        characters, each read from the zero state.
+      text: the corpus; ``None`` reads ``text_file`` with :func:`load_text`.
+      text_file: a UTF-8 file; ``None`` (default) is Python's help topics.
+
+    Returns:
+      A dict with ``bits_per_char`` (model, held-out), ``baseline`` (unigram,
+      held-out), ``sample`` (the prompt and its sampled continuation),
+      ``vocab_size``, ``n_train``/``n_test`` characters and ``losses`` (training
+      loss per step, nats per character).
+    """
+    corpus = Corpus(load_text(text_file) if text is None else text, test_fraction)
+    model = models.one_to_many(CELLS[cell](hidden), vocab_size=corpus.vocab_size,
+                               embed_dim=embed_dim)
+    key_init, key_sample = jax.random.split(jax.random.PRNGKey(seed))
+    params = model.init(key_init)
+
+    def loss_fn(params, batch, rng):
+        logits = jax.vmap(lambda x: model.apply(params, x))(batch["x"])
+        return losses.softmax_cross_entropy(logits, batch["y"])
+
+    state, history = train.fit(loss_fn, train.default_optimizer(lr), params,
+                               windows(corpus.train, seq_len, batch_size, seed), steps=steps,
+                               seed=seed, progress=progress)
+
+    # Held-out loss, chunk by chunk (each chunk starts from the zero state). The
+    # masked mean is over every predicted character once, so it is the per-character
+    # cross-entropy of the whole test text.
+    x, y, lengths = chunks(corpus.test, eval_len)
+
+    @jax.jit
+    def mean_nats(params, x, y, lengths):
+        logits = jax.vmap(model.apply, in_axes=(None, 0, 0))(params, x, lengths)
+        return losses.softmax_cross_entropy(logits, y, losses.sequence_mask(lengths, x.shape[1]))
+
+    bits = float(mean_nats(state.params, x, y, lengths)) / np.log(2.0)
+    prompt_ids = corpus.encode(prompt)
+    generated = model.generate(state.params, key_sample, prompt_ids, sample_steps,
+                               temperature=temperature)
+    return {
+        "bits_per_char": bits,
+        "baseline": unigram_bits_per_char(corpus.train, corpus.test[1:], corpus.vocab_size),
+        "sample": prompt + corpus.decode(generated),
+        "vocab_size": corpus.vocab_size,
+        "n_train": len(corpus.train),
+        "n_test": len(corpus.test),
+        "losses": losses_of(history),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", choices=sorted(CELLS), default="gru")
+    parser.add_argument("--hidden", type=int, default=192)
+    parser.add_argument("--embed-dim", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--prompt", default="The if statement")
+    parser.add_argument("--text-file", default=None, help="UTF-8 text to train on")
+    parser.add_argument("--sample-steps", type=int, default=300)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+    metrics = run(**vars(args))
+    print(f"sample (temperature {args.temperature}):\n{metrics['sample']}\n")
+    print(f"char LM [{args.cell}] held-out {metrics['bits_per_char']:.3f} bits/char   "
+          f"unigram baseline {metrics['baseline']:.3f} bits/char "
+          f"({metrics['n_train']} train / {metrics['n_test']} test characters)")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

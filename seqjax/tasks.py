@@ -1,0 +1,270 @@
+"""Synthetic long-dependency tasks: seeded, jit-able generators with their baselines.
+
+A task is a :class:`Task`, a NamedTuple of pure functions and constants in the style
+of a :class:`~seqjax.Cell`: ``sample(key)`` draws **one example** (batch with
+``jax.vmap`` over keys, or :func:`sample_batch`), ``loss(outputs, example)`` scores a
+model's per-step outputs on it, and ``baseline`` is the loss of the task's published
+trivial strategy, so that an experiment can print "model vs baseline". Sizes are
+static configuration in the closure; the same key always gives the same example.
+
+* :func:`adding_problem`: Arjovsky, Shah & Bengio 2016's adding problem; predicting
+  the constant 1 scores ``1/6 ~ 0.167``.
+* :func:`hochreiter_adding_problem`: the original adding problem of Hochreiter &
+  Schmidhuber 1997 (experiment 4); predicting the constant 0.5 scores ``19/480``.
+* :func:`copy_memory`: Arjovsky et al. 2016's copying memory problem; the memoryless
+  strategy scores ``10 log 8 / (T + 20)``.
+
+References:
+  Hochreiter & Schmidhuber, "Long short-term memory", Neural Computation 1997,
+  section 5.4 (experiment 4, adding problem).
+  Arjovsky, Shah & Bengio, "Unitary evolution recurrent neural networks", ICML 2016,
+  section 4.1 (copying memory) and 4.2 (adding problem).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from seqjax import _checks
+
+Array = jax.Array
+
+
+class Example(NamedTuple):
+    """One example of a task.
+
+    Attributes:
+      inputs: ``[time, input_size]`` float32 (zero after ``length``).
+      targets: a float32 scalar (adding problems) or ``[time]`` int32 class ids
+        (copy memory).
+      length: int32 scalar, the number of valid steps (``time`` for fixed-length
+        tasks); pass it to :func:`seqjax.unroll` as ``length``.
+    """
+
+    inputs: Array
+    targets: Array
+    length: Array
+
+
+class Task(NamedTuple):
+    """A synthetic sequence task.
+
+    Attributes:
+      sample: ``(key) -> Example``, one example; pure, jit- and vmap-able.
+      loss: ``(outputs [time, output_size], example) -> scalar``, the task's loss of
+        a model's per-step outputs (a many-to-one task reads the output at step
+        ``length - 1``).
+      baseline: the expected ``loss`` of the task's trivial strategy (see each
+        constructor), a Python float.
+      input_size: features per step of ``inputs``.
+      output_size: features per step the model must output.
+      time: the time axis of ``inputs`` (the longest possible sequence).
+      name: a human-readable description for logs and plot titles.
+    """
+
+    sample: Callable[[Array], Example]
+    loss: Callable[[Array, Example], Array]
+    baseline: float
+    input_size: int
+    output_size: int
+    time: int
+    name: str
+
+
+def sample_batch(task: Task, key, batch_size: int) -> Example:
+    """``batch_size`` examples, ``jax.vmap(task.sample)`` over split keys.
+
+    Args:
+      task: a :class:`Task`.
+      key: PRNG key.
+      batch_size: static number of examples.
+
+    Returns:
+      An :class:`Example` whose fields have a leading ``[batch_size]`` axis.
+    """
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    return jax.vmap(task.sample)(jax.random.split(key, batch_size))
+
+
+def _check_outputs(outputs, task_name, time, size):
+    if getattr(outputs, "ndim", None) != 2 or outputs.shape != (time, size):
+        raise ValueError(f"{task_name} loss: expected outputs of shape [{time}, {size}] (one "
+                         f"example; vmap over a batch), got {tuple(getattr(outputs, 'shape', ()))}")
+
+
+def _last_output(outputs, length):
+    return jax.lax.dynamic_index_in_dim(outputs, length - 1, axis=0, keepdims=False)[0]
+
+
+# ------------------------------------------------------------------------- adding
+
+
+def adding_problem(length: int) -> Task:
+    """The adding problem as in Arjovsky et al. 2016.
+
+    Input step ``t`` is ``(v_t, m_t)``: values ``v_t ~ U[0, 1]`` and a marker that is 1
+    at exactly two steps, one drawn uniformly from the first half ``[0, T // 2)`` and
+    one from the second half ``[T // 2, T)``, and 0 elsewhere. The target, read from
+    the output at the last step, is the sum of the two marked values; the loss is the
+    squared error.
+
+    Baseline: predicting 1 whatever the input has expected squared error
+    ``Var(U1 + U2) = 2 / 12 = 1/6 ~ 0.167``, the variance of the sum of two
+    independent uniforms (the constant minimising the error).
+
+    Args:
+      length: ``T >= 2``, the sequence length.
+
+    Returns:
+      A :class:`Task` with ``inputs [T, 2]``, scalar float ``targets``,
+      ``output_size = 1`` and ``baseline = 1/6``.
+
+    References:
+      Arjovsky, Shah & Bengio, "Unitary evolution recurrent neural networks",
+      ICML 2016, section 4.2.
+    """
+    T = _checks.positive_int(length, "length")
+    if T < 2:
+        raise ValueError(f"adding_problem: length must be >= 2 (one marker per half), got {T}")
+    half = T // 2
+
+    def sample(key):
+        k_v, k_1, k_2 = jax.random.split(key, 3)
+        values = jax.random.uniform(k_v, (T,), jnp.float32)
+        first = jax.random.randint(k_1, (), 0, half, jnp.int32)
+        second = jax.random.randint(k_2, (), half, T, jnp.int32)
+        steps = jnp.arange(T, dtype=jnp.int32)
+        marker = ((steps == first) | (steps == second)).astype(jnp.float32)
+        inputs = jnp.stack([values, marker], axis=-1)
+        return Example(inputs, values[first] + values[second], jnp.asarray(T, jnp.int32))
+
+    def loss(outputs, example):
+        _check_outputs(outputs, "adding_problem", T, 1)
+        y = _last_output(outputs, example.length)
+        return (y - example.targets.astype(y.dtype)) ** 2
+
+    return Task(sample, loss, 1.0 / 6.0, 2, 1, T, f"adding (Arjovsky et al. 2016), T={T}")
+
+
+def hochreiter_adding_problem(min_length: int) -> Task:
+    """The original adding problem of Hochreiter & Schmidhuber 1997 (experiment 4).
+
+    Each step is a pair ``(v_t, m_t)`` with ``v_t ~ U[-1, 1]``. The length ``L`` is
+    drawn uniformly from ``T .. T + T // 10``; inputs are padded with zeros to
+    ``T + T // 10`` steps and :attr:`Example.length` is ``L``. Exactly two pairs are
+    marked with ``m = 1``: one of the first ten (its value is ``X1``), then one of the
+    first ``T / 2 - 1`` still unmarked pairs (``X2``). The first and the final
+    (``L``-th) pair carry ``m = -1`` unless marked, all others ``m = 0``; if the first
+    pair is marked, its value is set to zero (``X1 = 0``). The target, read from the
+    output at step ``L - 1``, is ``0.5 + (X1 + X2) / 4``; the loss is the squared
+    error (the paper counts an example as solved when the absolute error is below
+    0.04).
+
+    Baseline: predicting the mean target 0.5 has expected squared error
+    ``(Var X1 + Var X2) / 16 = (0.9 / 3 + 1 / 3) / 16 = 19 / 480 ~ 0.0396``
+    (``X1 = 0`` with probability 1/10).
+
+    Args:
+      min_length: ``T >= 20`` (so that the first ten pairs lie in the first half).
+
+    Returns:
+      A :class:`Task` with ``inputs [T + T // 10, 2]``, scalar float ``targets``,
+      ``output_size = 1`` and ``baseline = 19 / 480``.
+
+    References:
+      Hochreiter & Schmidhuber, "Long short-term memory", Neural Computation 1997,
+      section 5.4.
+    """
+    T = _checks.positive_int(min_length, "min_length")
+    if T < 20:
+        raise ValueError(f"hochreiter_adding_problem: min_length must be >= 20 (the first "
+                         f"marker is one of the first ten pairs, the second in the first "
+                         f"half), got {T}")
+    time = T + T // 10
+    half = T // 2
+
+    def sample(key):
+        k_n, k_v, k_1, k_2 = jax.random.split(key, 4)
+        n = jax.random.randint(k_n, (), T, time + 1, jnp.int32)
+        first = jax.random.randint(k_1, (), 0, 10, jnp.int32)
+        k = jax.random.randint(k_2, (), 0, half - 1, jnp.int32)
+        second = jnp.where(k < first, k, k + 1)  # the k-th still unmarked pair
+        steps = jnp.arange(time, dtype=jnp.int32)
+        valid = steps < n
+        values = jax.random.uniform(k_v, (time,), jnp.float32, -1.0, 1.0)
+        values = jnp.where(valid & ~((steps == 0) & (first == 0)), values,
+                           jnp.zeros((), jnp.float32))
+        marked = (steps == first) | (steps == second)
+        ends = (steps == 0) | (steps == n - 1)
+        marker = jnp.where(marked, 1.0, jnp.where(ends, -1.0, 0.0)).astype(jnp.float32)
+        marker = jnp.where(valid, marker, jnp.zeros((), jnp.float32))
+        target = 0.5 + (values[first] + values[second]) / 4.0
+        return Example(jnp.stack([values, marker], axis=-1), target, n)
+
+    def loss(outputs, example):
+        _check_outputs(outputs, "hochreiter_adding_problem", time, 1)
+        y = _last_output(outputs, example.length)
+        return (y - example.targets.astype(y.dtype)) ** 2
+
+    return Task(sample, loss, 19.0 / 480.0, 2, 1, time,
+                f"adding (Hochreiter & Schmidhuber 1997), T={T}..{time}")
+
+
+# ---------------------------------------------------------------------------- copy
+
+
+def copy_memory(delay: int, *, memorize: int = 10, categories: int = 8) -> Task:
+    """The copying memory problem as in Arjovsky et al. 2016.
+
+    Symbols ``0 .. categories - 1`` are data, ``categories`` is the blank and
+    ``categories + 1`` the delimiter. The input (one-hot, ``T + 2 * memorize`` steps)
+    is ``memorize`` data symbols drawn uniformly with replacement, ``T - 1`` blanks, the
+    delimiter, then ``memorize`` blanks. The target at every step is the blank, except
+    the last ``memorize`` steps, which must reproduce the data symbols in order. The
+    loss is the cross-entropy averaged over all ``T + 2 * memorize`` steps.
+
+    Baseline: the memoryless strategy predicts the blank for the first
+    ``T + memorize`` steps and a uniform guess over the categories for the last
+    ``memorize``, with cross-entropy ``memorize * log(categories) / (T + 2 * memorize)``
+    (``10 log 8 / (T + 20)`` with the paper's sizes).
+
+    Args:
+      delay: ``T >= 1``, the number of steps between the end of the data and the
+        delimiter, counted as in the paper (``T - 1`` blanks, then the delimiter).
+      memorize: number of symbols to copy (paper: 10).
+      categories: number of data categories (paper: 8).
+
+    Returns:
+      A :class:`Task` with ``inputs [T + 2 memorize, categories + 2]`` (one-hot),
+      ``targets [T + 2 memorize]`` int32 and ``output_size = categories + 2`` logits.
+
+    References:
+      Arjovsky, Shah & Bengio, "Unitary evolution recurrent neural networks",
+      ICML 2016, section 4.1.
+    """
+    T = _checks.positive_int(delay, "delay")
+    M = _checks.positive_int(memorize, "memorize")
+    C = _checks.positive_int(categories, "categories")
+    blank, delimiter, vocab = C, C + 1, C + 2
+    time = T + 2 * M
+
+    def sample(key):
+        data = jax.random.randint(key, (M,), 0, C, jnp.int32)
+        fill = jnp.full((time,), blank, jnp.int32)
+        ids = fill.at[:M].set(data).at[T + M - 1].set(delimiter)
+        targets = fill.at[T + M:].set(data)
+        inputs = jax.nn.one_hot(ids, vocab, dtype=jnp.float32)
+        return Example(inputs, targets, jnp.asarray(time, jnp.int32))
+
+    def loss(outputs, example):
+        _check_outputs(outputs, "copy_memory", time, vocab)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs,
+                                                                         example.targets))
+
+    return Task(sample, loss, M * math.log(C) / time, vocab, vocab, time,
+                f"copy memory (Arjovsky et al. 2016), T={T}")

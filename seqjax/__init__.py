@@ -34,6 +34,14 @@ from seqjax.unroll import dropout
 from seqjax.unroll import unroll
 from seqjax.unroll import unroll_batch
 
+# submodules with their own namespaces: seqjax.models.many_to_one, seqjax.train.fit, ...
+from seqjax import checkpoint
+from seqjax import diagnostics
+from seqjax import losses
+from seqjax import models
+from seqjax import tasks
+from seqjax import train
+
 __version__ = "0.1.0"
 
 __all__ = (
@@ -51,19 +59,25 @@ __all__ = (
     "SequenceModel",
     "add",
     "bidirectional",
+    "checkpoint",
     "concat",
     "default_hoist",
+    "diagnostics",
     "dropout",
     "gru",
+    "losses",
     "lru",
     "lstm",
     "mean",
     "mgu",
     "min_gru",
     "min_lstm",
+    "models",
     "multiply",
     "rnn",
     "stack",
+    "tasks",
+    "train",
     "unroll",
     "unroll_batch",
 )

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import seqjax
 from seqjax import cli
 from seqjax.bench import cells as bench_cells
 from seqjax.bench import harness
@@ -22,9 +23,10 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    code = harness.main(["--grid", "tiny", "--cells", "lstm,gru,gru_rb,min_gru,lru,lstm_x2",
+    code = harness.main(["--grid", "tiny", "--cells", "lstm,gru_rb,min_gru,lstm_x2",
                          "--peers", "flax,equinox,haiku,torch,jax_rnn", "--repeats", "2",
-                         "--warmup", "1", "--out", str(out), "--no-progress"])
+                         "--warmup", "1", "--fused", "both", "--out", str(out),
+                         "--no-progress"])
     return code, out, json.loads((out / "bench.json").read_text())
 
 
@@ -49,8 +51,11 @@ def test_every_seqjax_and_peer_row_is_measured(tiny_run):
     _, _, data = tiny_run
     rows = data["rows"]
     seq = [r for r in rows if r["impl"] == "seqjax"]
-    assert {r["cell"] for r in seq} == {"lstm", "gru", "gru_rb", "min_gru", "lru", "lstm_x2"}
+    assert {r["cell"] for r in seq} == {"lstm", "gru_rb", "min_gru", "lstm_x2"}
     assert {r["mode"] for r in seq} == {"fwd", "fwd+bwd"}
+    hoist = "on" if seqjax.default_hoist() else "off"
+    assert {r["options"] for r in seq if r["cell"] == "lstm"} == {
+        f"hoist={hoist},fused=on", f"hoist={hoist},fused=off"}
     measured = [r for r in rows if r["status"] == "ok"]
     # every row is either measured or says why not; only the cuDNN peer may skip on CPU
     for r in rows:
@@ -65,7 +70,7 @@ def test_every_seqjax_and_peer_row_is_measured(tiny_run):
                                    r["batch"] * r["length"] / (r["median_ms"] / 1e3))
         np.testing.assert_allclose(r["us_per_step"], 1e3 * r["median_ms"] / r["length"])
     peers = {(r["impl"], r["cell"]) for r in measured if r["impl"] != "seqjax"}
-    assert {("flax", "lstm"), ("equinox", "gru"), ("haiku", "gru_rb"), ("torch", "lstm"),
+    assert {("flax", "lstm"), ("equinox", "lstm"), ("haiku", "gru_rb"), ("torch", "lstm"),
             ("torch", "lstm_x2"), ("haiku", "lstm_x2")} <= peers
     # ratio = seqjax median / peer median, same cell, shape and mode
     lstm_fwd = next(r for r in seq if r["cell"] == "lstm" and r["mode"] == "fwd")

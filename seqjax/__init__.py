@@ -29,6 +29,7 @@ from seqjax.compose import concat
 from seqjax.compose import mean
 from seqjax.compose import multiply
 from seqjax.compose import stack
+from seqjax.unroll import default_fused
 from seqjax.unroll import default_hoist
 from seqjax.unroll import dropout
 from seqjax.unroll import unroll
@@ -61,6 +62,7 @@ __all__ = (
     "bidirectional",
     "checkpoint",
     "concat",
+    "default_fused",
     "default_hoist",
     "diagnostics",
     "dropout",

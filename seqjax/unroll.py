@@ -41,6 +41,20 @@ def default_hoist(backend: Optional[str] = None) -> bool:
     return HOIST_BY_BACKEND.get(backend or jax.default_backend(), True)
 
 
+# Up to which batch size the fused backward pass is the default, by backend. Measured
+# with `seqjax bench --fused both` (README, "Performance"): on XLA:CPU it takes 0.56-0.93x
+# the time of JAX's own scan transpose at B <= 32 (LSTM and GRU, H 128-256), where the
+# per-step weight-gradient matmuls have few rows, and 1.02-1.14x at B >= 64, where they
+# are efficient and the fused pass's extra residual traffic costs more than it saves.
+FUSED_MAX_BATCH_BY_BACKEND = {"cpu": 63}
+
+
+def default_fused(batch: int, backend: Optional[str] = None) -> bool:
+    """Whether :func:`unroll_batch` uses the fused backward pass for ``batch`` examples."""
+    limit = FUSED_MAX_BATCH_BY_BACKEND.get(backend or jax.default_backend())
+    return limit is None or batch <= limit
+
+
 class _Options(NamedTuple):
     """Static unroll options, passed down unchanged through stacks."""
 
@@ -93,10 +107,11 @@ def unroll(
         steps through time with the cell's ``apply`` (same numbers).
       fused: give cells with a :class:`~seqjax.Recurrent` form (rnn, lstm, the
         reset-after gru and mgu) the fused backward pass described in the module
-        docstring. ``None`` means yes (with ``remat``, inside each chunk). It is a
-        ``jax.custom_vjp``,
-        so forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
-        ``jax.hessian``) needs ``fused=False``; reverse mode of any order works.
+        docstring. ``None`` picks :func:`default_fused` for the batch size and
+        backend (always, for one sequence; with ``remat``, inside each chunk). It
+        is a ``jax.custom_vjp``, so forward-mode differentiation (``jax.jvp``,
+        ``jax.jacfwd``, ``jax.hessian``) needs ``fused=False``; reverse mode of any
+        order works.
       rng: PRNG key for the dropout between stacked layers; ``None`` disables
         dropout (inference).
 
@@ -268,8 +283,8 @@ def _evaluate(cell: Cell, params, xs, state, valid, options: _Options):
 
     hoist = cell.hoist is not None and (default_hoist() if options.hoist is None
                                         else options.hoist)
-    if (cell.hoist is not None and cell.hoist.recurrent is not None
-            and options.fused is not False):
+    fused = default_fused(xs.shape[1]) if options.fused is None else options.fused
+    if cell.hoist is not None and cell.hoist.recurrent is not None and fused:
         return _fused(cell.hoist, params, xs, state, valid, options.reverse, options.unroll,
                       hoist)
 

@@ -1,7 +1,7 @@
 """The fused backward pass against JAX's own transpose of the plain scan.
 
-``fused=True`` (the default for rnn, lstm, the reset-after gru and mgu) replaces the
-reverse-mode derivative of the unroll with a hand-written ``custom_vjp``; the
+``fused=True`` (for rnn, lstm, the reset-after gru and mgu; the default for batches up
+to ``seqjax.default_fused``'s limit) replaces the reverse-mode derivative of the unroll with a hand-written ``custom_vjp``; the
 reference here is ``jax.grad`` of the same unroll with ``fused=False``, which is
 JAX differentiating ``lax.scan`` itself. Float64, so agreement is to rounding.
 """
@@ -69,7 +69,7 @@ def test_fused_equals_autodiff_of_the_scan(x64, name, reverse, hoist):
                                              for l in jax.tree_util.tree_leaves(final))
 
     grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
-    value, grads = grad(params, xs, state, None)
+    value, grads = grad(params, xs, state, True)
     ref_value, ref_grads = grad(params, xs, state, False)
     np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-12)
     _assert_trees_close(grads, ref_grads)
@@ -88,7 +88,7 @@ def test_fused_single_sequence_and_vmap_match(x64):
         return jnp.sum(jax.vmap(per_example, (None, 0, 0, 0, None))(params, xs, state, LENGTHS,
                                                                     fused))
 
-    _assert_trees_close(jax.grad(total)(params, None), jax.grad(total)(params, False))
+    _assert_trees_close(jax.grad(total)(params, True), jax.grad(total)(params, False))
 
 
 def test_second_order_reverse_mode(x64):
@@ -101,17 +101,17 @@ def test_second_order_reverse_mode(x64):
         g = jax.grad(loss)(params, fused)
         return sum(jnp.sum(l ** 2) for l in jax.tree_util.tree_leaves(g))
 
-    _assert_trees_close(jax.grad(grad_norm)(params, None), jax.grad(grad_norm)(params, False))
+    _assert_trees_close(jax.grad(grad_norm)(params, True), jax.grad(grad_norm)(params, False))
 
 
 def test_forward_mode_needs_fused_false(x64):
     cell, params, xs, _ = _setup("lstm")
     f = lambda xs, fused: sj.unroll_batch(cell, params, xs, fused=fused)[1]
     with pytest.raises(TypeError, match="custom_vjp"):
-        jax.jvp(lambda x: f(x, None), (xs,), (xs,))
+        jax.jvp(lambda x: f(x, True), (xs,), (xs,))
     jvp = jax.jvp(lambda x: f(x, False), (xs,), (xs,))[1]
     # the tangent of the plain scan equals the fused gradient's transpose action
-    _, vjp = jax.vjp(lambda x: f(x, None), xs)
+    _, vjp = jax.vjp(lambda x: f(x, True), xs)
     probe = jax.random.normal(jax.random.PRNGKey(3), jvp.shape, jnp.float64)
     np.testing.assert_allclose(float(jnp.sum(jvp * probe)), float(jnp.sum(vjp(probe)[0] * xs)),
                                rtol=1e-10)
@@ -147,7 +147,24 @@ def test_fused_backward_loop_has_one_matmul():
                                                              hoist=False)[1]),
                         argnums=(0, 1))
 
-    fused = _backward_scan_dots(grad(None), params, xs)
+    fused = _backward_scan_dots(grad(True), params, xs)
     plain = _backward_scan_dots(grad(False), params, xs)
     assert sorted(fused) == [(False, 2), (True, 1)]  # forward: x W_i and h W_h
     assert max(dots for reverse, dots in plain if reverse) >= 3
+
+
+def test_default_fused_is_chosen_per_batch_size():
+    """``fused=None`` is the measured per-backend rule: on CPU the fused pass up to
+    B = 63, JAX's scan transpose above; one sequence always fused."""
+    cell = sj.lstm(H)
+    params = cell.init(jax.random.PRNGKey(0), I)
+
+    def reverse_dots(batch):
+        xs = jnp.ones((batch, T, I))
+        fn = jax.grad(lambda p, x: jnp.sum(sj.unroll_batch(cell, p, x, hoist=False)[1]))
+        return max(d for reverse, d in _backward_scan_dots(fn, params, xs) if reverse)
+
+    assert sj.default_fused(1)
+    if jax.default_backend() == "cpu":
+        assert sj.default_fused(63) and not sj.default_fused(64)
+        assert reverse_dots(63) == 1 and reverse_dots(64) >= 3

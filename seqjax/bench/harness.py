@@ -20,6 +20,7 @@ from seqjax.bench import peers as peers_mod
 from seqjax.bench import report
 from seqjax.bench.cells import DTYPES, Case, cell_spec
 from seqjax.bench.timing import Memory, Timing, time_eager, time_fn
+from seqjax.unroll import FUSED_MAX_BATCH_BY_BACKEND
 
 MODES = ("fwd", "fwd+bwd")
 
@@ -48,7 +49,8 @@ def grad_fn(fwd):
 _CHOICES = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}
 
 
-def variants(spec, hoist: str, associative: str, unroll: int, fused: str = "auto"):
+def variants(spec, hoist: str, associative: str, unroll: int, fused: str = "auto",
+             batch: int = 1):
     """The unroll options to measure for ``spec``: ``[(label, options), ...]``.
 
     Gated cells vary ``hoist`` (and, where the cell has a fused backward, ``fused``);
@@ -69,7 +71,8 @@ def variants(spec, hoist: str, associative: str, unroll: int, fused: str = "auto
                 resolved = seqjax.default_hoist() if h is None else h
                 label = f"hoist={'on' if resolved else 'off'}"
                 if can_fuse:
-                    label += f",fused={'off' if f is False else 'on'}"
+                    on = seqjax.default_fused(batch) if f is None else f
+                    label += f",fused={'on' if on else 'off'}"
                 out.append((label, opts))
     if unroll != 1:
         out = [(label + f",unroll={unroll}", dict(opts, unroll=unroll)) for label, opts in out]
@@ -139,7 +142,7 @@ def run_case(case: Case, *, peers, modes, warmup, repeats, hoist="auto", associa
         build_error = None
     except (TypeError, ValueError) as e:
         build_error = e
-    for label, opts in variants(spec, hoist, associative, unroll, fused):
+    for label, opts in variants(spec, hoist, associative, unroll, fused, case.batch):
         for mode in modes:
             step(f"{case.cell} seqjax {mode}")
             row = _row(case, spec, "seqjax", mode, label, "seqjax.unroll_batch", device)
@@ -278,7 +281,9 @@ def metadata(args, argv, memory_kind):
         machine=platform.machine(), system=platform.system(),
         cpu_count=os.cpu_count(), cpu_affinity=affinity, torch_threads=torch_threads,
         xla_flags=os.environ.get("XLA_FLAGS"), versions=versions, memory_kind=memory_kind,
-        default_hoist=seqjax.default_hoist(), argv=list(argv), grid=args.grid,
+        default_hoist=seqjax.default_hoist(),
+        default_fused_max_batch=FUSED_MAX_BATCH_BY_BACKEND.get(jax.default_backend()),
+        argv=list(argv), grid=args.grid,
         warmup=args.warmup, repeats=args.repeats, peers=list(args.peers), modes=list(args.modes),
         flop_convention=cells_mod.__doc__.split("\n\n", 1)[1].strip())
 
@@ -323,7 +328,8 @@ def parser():
                    help="gated cells' input projection before the loop (auto: "
                         "seqjax.default_hoist)")
     p.add_argument("--fused", choices=("auto", "on", "off", "both"), default="auto",
-                   help="the fused backward pass of rnn/lstm/gru/mgu (auto: on)")
+                   help="the fused backward pass of rnn/lstm/gru/mgu (auto: "
+                        "seqjax.default_fused for the batch size)")
     p.add_argument("--associative", choices=("auto", "on", "off", "both"), default="auto",
                    help="linear cells by associative scan (auto: on)")
     p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll for seqjax")

@@ -90,7 +90,8 @@ def markdown(meta, rows, params):
         f"{meta['cpu_count']} CPUs (affinity {meta['cpu_affinity']}); torch threads "
         f"{meta['torch_threads']}; XLA_FLAGS={meta['xla_flags'] or 'unset'}",
         f"- versions: python {v['python']}, seqjax {v.get('seqjax')}, {vers}",
-        f"- seqjax default hoist on this backend: {meta['default_hoist']}",
+        f"- seqjax defaults on this backend: hoist {meta['default_hoist']}; fused backward "
+        f"for batches up to {meta.get('default_fused_max_batch') or 'any size'}",
         "- times: median and minimum over the repeats, each call ended by "
         "`block_until_ready` (torch: `cuda.synchronize` on GPU); fwd = jit(forward), "
         "fwd+bwd = jit(grad of sum(outputs) w.r.t. params and inputs); torch forward under "

@@ -42,10 +42,11 @@ def default_hoist(backend: Optional[str] = None) -> bool:
 
 
 # Up to which batch size the fused backward pass is the default, by backend. Measured
-# with `seqjax bench --fused both` (README, "Performance"): on XLA:CPU it takes 0.56-0.93x
-# the time of JAX's own scan transpose at B <= 32 (LSTM and GRU, H 128-256), where the
-# per-step weight-gradient matmuls have few rows, and 1.02-1.14x at B >= 64, where they
-# are efficient and the fused pass's extra residual traffic costs more than it saves.
+# with `seqjax bench --fused both` (README, "Performance"): on XLA:CPU, fused/plain
+# forward+backward time is 0.59-0.66 at B = 8 and 0.95-0.96 at B = 32 (LSTM and GRU,
+# H = 256), where the per-step weight-gradient matmuls have few rows; at B >= 64 they are
+# efficient, the LSTM breaks even and the GRU (whose fused pass saves u and r apart)
+# takes 1.10-1.18x. No limit elsewhere: cuDNN's own backward has this structure.
 FUSED_MAX_BATCH_BY_BACKEND = {"cpu": 63}
 
 

@@ -69,6 +69,7 @@ from jax import lax
 from seqjax import _checks
 from seqjax.cells import (Cell, GRUParams, LRUParams, LSTMParams, MinParams, RNNParams,
                           SequenceModel)
+from seqjax.models import state_to_vector, vector_to_state
 from seqjax.unroll import default_hoist
 
 Array = jax.Array
@@ -171,33 +172,6 @@ def _norm(x, axis=None):
 def _norm_over(x, keep: int):
     """Norm of ``x`` over all axes except the one at ``keep``."""
     return _norm(x, tuple(a for a in range(x.ndim) if a != keep))
-
-
-def _state_vector(state) -> Array:
-    """Flattens a state pytree to one real vector; complex leaves give re then im."""
-    parts = []
-    for leaf in _leaves(state):
-        if jnp.iscomplexobj(leaf):
-            parts += [leaf.real.ravel(), leaf.imag.ravel()]
-        else:
-            parts.append(leaf.ravel())
-    return jnp.concatenate(parts)
-
-
-def _state_from_vector(v, like):
-    """Inverse of :func:`_state_vector` for a state shaped like ``like``."""
-    leaves, tree = jax.tree_util.tree_flatten(like)
-    out, i = [], 0
-    for leaf in leaves:
-        n = int(np.prod(leaf.shape))
-        if jnp.iscomplexobj(leaf):
-            re, im = v[i:i + n], v[i + n:i + 2 * n]
-            out.append(lax.complex(re, im).reshape(leaf.shape).astype(leaf.dtype))
-            i += 2 * n
-        else:
-            out.append(v[i:i + n].reshape(leaf.shape).astype(leaf.dtype))
-            i += n
-    return jax.tree_util.tree_unflatten(tree, out)
 
 
 def state_size(cell: Cell, params) -> int:
@@ -530,12 +504,12 @@ def _final_state_map(cell, params, xs, state, length, unroll_options):
     like = cell.initial_state(params)
 
     def f(e):
-        eps = jax.vmap(lambda v: _state_from_vector(v, like))(e)
+        eps = jax.vmap(lambda v: vector_to_state(v, like))(e)
         final, _ = perturbed_unroll(cell, params, xs, eps, state, length=length,
                                     **unroll_options)
-        return _state_vector(final)
+        return state_to_vector(final)
 
-    dtype = _state_vector(like).dtype
+    dtype = state_to_vector(like).dtype
     return f, jnp.zeros((time + 1, state_size(cell, params)), dtype)
 
 

@@ -226,7 +226,14 @@ def _blocks(init: Initializer, key: Array, rows: int, hidden: int, gates: int, d
     ``[H, 4H]`` matrix is not four orthogonal ``[H, H]`` blocks).
     """
     keys = jax.random.split(key, gates)
-    return jnp.concatenate([init(k, (rows, hidden), dtype) for k in keys], axis=-1)
+    return jnp.concatenate([_draw(init, k, (rows, hidden), dtype) for k in keys], axis=-1)
+
+
+def _draw(init: Initializer, key, shape, dtype) -> Array:
+    """``init(key, shape, dtype)``, drawn in float32 for 16-bit dtypes and then cast:
+    the QR behind ``orthogonal`` has no bfloat16/float16 kernel on CPU."""
+    work = jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
+    return init(key, shape, work).astype(dtype)
 
 
 def _gated_init(hidden_size, gates, kernel_init, recurrent_init, bias_init, dtype, bias_fix=None):
@@ -235,7 +242,7 @@ def _gated_init(hidden_size, gates, kernel_init, recurrent_init, bias_init, dtyp
         k_i, k_h, k_b = jax.random.split(key, 3)
         w_i = _blocks(kernel_init, k_i, input_size, hidden_size, gates, dtype)
         w_h = _blocks(recurrent_init, k_h, hidden_size, hidden_size, gates, dtype)
-        b = bias_init(k_b, (gates * hidden_size,), dtype)
+        b = _draw(bias_init, k_b, (gates * hidden_size,), dtype)
         if bias_fix is not None:
             b = bias_fix(b)
         return w_i, w_h, b
@@ -667,7 +674,7 @@ def _min_cell(name, H, gates, kernel_init, bias_init, param_dtype, coeffs_from_p
         input_size_ = _checks.positive_int(input_size_, "input_size")
         k_w, k_b = jax.random.split(key)
         w = _blocks(kernel_init, k_w, input_size_, H, gates, param_dtype)
-        return MinParams(w, bias_init(k_b, (gates * H,), param_dtype))
+        return MinParams(w, _draw(bias_init, k_b, (gates * H,), param_dtype))
 
     def coefficients(params, xs):
         return coeffs_from_pre(_affine(xs, params.w, params.b))

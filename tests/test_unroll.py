@@ -390,3 +390,21 @@ def test_errors_are_raised_before_tracing():
     run = jax.jit(lambda xs: sj.unroll(cell, params, xs))
     with pytest.raises(ValueError, match=r"expected xs of shape \[time, 4\]"):
         run(jnp.ones((T, 3)))
+
+
+@pytest.mark.parametrize("make", [sj.lstm, sj.gru, sj.mgu, sj.rnn, sj.min_gru, sj.min_lstm])
+def test_bfloat16_params_init_and_unroll(make):
+    """16-bit params are the float32 draw cast (LAPACK's QR behind the orthogonal
+    initialiser has no bfloat16 on CPU), and the unroll computes in bfloat16 close to
+    float32."""
+    key, xs = jax.random.PRNGKey(0), jax.random.normal(jax.random.PRNGKey(1), (2, T, I))
+    p32 = make(H).init(key, I)
+    p16 = make(H, param_dtype=jnp.bfloat16).init(key, I)
+    for a, b in zip(jax.tree_util.tree_leaves(p32), jax.tree_util.tree_leaves(p16), strict=True):
+        assert b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(b, np.float32),
+                                      np.asarray(a.astype(jnp.bfloat16), np.float32))
+    _, y16 = sj.unroll_batch(make(H), p16, xs.astype(jnp.bfloat16))
+    _, y32 = sj.unroll_batch(make(H), p32, xs)
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y16, np.float32), np.asarray(y32), atol=0.05)

@@ -140,7 +140,7 @@ def run_case(case: Case, *, peers, modes, warmup, repeats, hoist="auto", associa
         params = cell.init(k_p, case.input_size)
         count = peers_mod._count(params)
         build_error = None
-    except (TypeError, ValueError) as e:
+    except Exception as e:  # e.g. an unsupported dtype: report it on the row, keep going
         build_error = e
     for label, opts in variants(spec, hoist, associative, unroll, fused, case.batch):
         for mode in modes:

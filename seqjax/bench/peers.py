@@ -79,10 +79,14 @@ def _flax(peer, base, layers, case, dtype, key, xs):
 
     cls = {"rnn": nn.SimpleCell, "gru": nn.GRUCell,
            "lstm": nn.LSTMCell if peer == "flax_lstmcell" else nn.OptimizedLSTMCell}[base]
-    rnns = [nn.RNN(cls(case.hidden, dtype=dtype, param_dtype=dtype)) for _ in range(layers)]
-    model = rnns[0] if layers == 1 else nn.Sequential(rnns)
-    params = model.init(key, xs)
-    return model.apply, params
+    def build(param_dtype):
+        rnns = [nn.RNN(cls(case.hidden, dtype=dtype, param_dtype=param_dtype))
+                for _ in range(layers)]
+        return rnns[0] if layers == 1 else nn.Sequential(rnns)
+
+    # initialised in float32 and cast (Flax's orthogonal init has no bfloat16 QR on CPU)
+    params = _cast(build(jnp.float32).init(key, xs.astype(jnp.float32)), dtype)
+    return build(dtype).apply, params
 
 
 def _equinox(peer, base, layers, case, dtype, key, xs):

@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import _checks
-from seqjax.cells import Cell, Layers, SequenceModel
+from seqjax.cells import Cell, Layers, SequenceModel, constructor
 from seqjax.unroll import _Options, _run_layers, _split_keys, run
 
 
+@constructor
 def stack(*parts, residual: bool = False, dropout: float = 0.0):
     """Deep RNN: each part reads the outputs of the one before.
 
@@ -144,6 +145,7 @@ def multiply(y_forward, y_backward):
     return y_forward * y_backward
 
 
+@constructor
 def bidirectional(forward, backward, *, merge: Callable = concat) -> SequenceModel:
     """Runs ``forward`` left to right and ``backward`` right to left, then merges.
 

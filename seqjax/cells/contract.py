@@ -1,0 +1,244 @@
+"""The cell contract: what a cell is, and the forms a cell may state about itself.
+
+A :class:`Cell` is a NamedTuple of pure functions in the style of optax's
+``GradientTransformation``. It sees one example and one time step; batch it with
+``jax.vmap`` and unroll it with :func:`seqjax.unroll`. Besides its step, a cell may
+state *what it is* -- a gated cell whose input projection leaves the loop
+(:class:`Hoist`, :class:`Recurrent`), a diagonal linear recurrence
+(:class:`LinearRecurrence`), a chunkwise-parallel matrix recurrence -- and the
+unroll decides *how to run it*.
+
+Conventions shared by all cells:
+
+* Kernels are stored ``[in, out]`` so a step is ``x @ w_i + h @ w_h + b``.
+* Static configuration (sizes, activations, initialisers) lives in the closure and
+  in ``cell.config``; the params pytree holds arrays only.
+* A cell is a value a user can print: ``repr(seqjax.lstm(128))`` is
+  ``lstm(hidden_size=128, forget_bias=1.0)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = Any
+State = Any
+Initializer = Callable[..., Array]
+
+InitFn = Callable[[Array, int], Params]
+StateFn = Callable[[Params], State]
+ApplyFn = Callable[[Params, State, Array], tuple]
+
+
+class Recurrent(NamedTuple):
+    """The sequential part of a gated cell as one matmul followed by elementwise maths.
+
+    ``step(p, s, u) == combine(extras(p), s, u, hidden(s) @ weight(p))``: the
+    recurrent weight enters only through the product ``r = hidden(s) @ weight(p)``.
+    That lets the unroll's backward pass keep only ``dr @ weight(p).T`` inside the
+    loop and form ``d weight = sum_t hidden(s_t).T dr_t`` as one matmul over all
+    steps afterwards (what cuDNN does), instead of accumulating it step by step.
+
+    Attributes:
+      weight: ``(params) -> W [H_in, G]``.
+      extras: ``(params) -> pytree`` of the other (small) params ``combine`` reads,
+        e.g. the GRU's ``b_hn``; ``()`` when there are none.
+      hidden: ``(state) -> h [H_in]``, the part of the state ``W`` multiplies.
+      combine: ``(extras, state, u [G], r [G]) -> (state, y)``, elementwise in the
+        gates; one example.
+    """
+
+    weight: Callable[[Params], Array]
+    extras: Callable[[Params], Any]
+    hidden: Callable[[State], Array]
+    combine: Callable[..., tuple]
+
+
+class Hoist(NamedTuple):
+    """A gated cell split into its time-parallel and its sequential part.
+
+    ``apply(p, s, x) == step(p, s, input_map(p, x))``. ``input_map`` is affine in
+    ``x`` and works on any leading axes, so the unroll may evaluate it for all time
+    steps at once (one large matmul) before the sequential loop. ``recurrent``, when
+    set, says how ``step`` uses the recurrent weight (see :class:`Recurrent`).
+    """
+
+    input_map: Callable[[Params, Array], Array]
+    step: Callable[[Params, State, Array], tuple]
+    recurrent: Optional[Recurrent] = None
+
+
+class LinearRecurrence(NamedTuple):
+    """A cell whose state obeys ``h_t = a_t * h_{t-1} + b_t`` (elementwise).
+
+    ``coefficients(p, xs) -> (a, b)`` and ``readout(p, hs, xs) -> ys`` work on any
+    leading axes, so the whole sequence can be evaluated with
+    ``jax.lax.associative_scan`` in ``O(log T)`` depth.
+    """
+
+    coefficients: Callable[[Params, Array], tuple]
+    readout: Callable[[Params, Array, Array], Array]
+
+
+class Cell(NamedTuple):
+    """A recurrent cell: pure functions over one example and one time step.
+
+    Attributes:
+      init: ``(key, input_size) -> params``.
+      initial_state: ``(params) -> state`` (zeros; no batch axis).
+      apply: ``(params, state, x[input_size]) -> (state, y[output_size])``, scan's
+        argument order.
+      input_size: ``(params) -> int``, the feature size ``params`` expect.
+      output_size: size of ``y``.
+      hoist: set for gated cells whose input projection can leave the loop.
+      linear: set for linear-recurrence cells (associative scan).
+      layers: set by :func:`seqjax.stack`; the parts and how they are joined.
+      chunkwise: set for matrix-state cells whose recurrence has a
+        chunkwise-parallel form.
+      name: the constructor's name (``"lstm"``); set by :func:`constructor`.
+      config: the constructor's arguments as ``(name, value)`` pairs. Each is also
+        readable as an attribute: ``seqjax.lstm(128).hidden_size == 128``.
+    """
+
+    init: InitFn
+    initial_state: StateFn
+    apply: ApplyFn
+    input_size: Callable[[Params], int]
+    output_size: int
+    hoist: Optional[Hoist] = None
+    linear: Optional[LinearRecurrence] = None
+    layers: Optional["Layers"] = None
+    chunkwise: Optional[Any] = None
+    name: str = ""
+    config: tuple = ()
+
+
+class Layers(NamedTuple):
+    """How :func:`seqjax.stack` joins its parts (static configuration)."""
+
+    parts: tuple
+    residual: bool
+    dropout: float
+
+
+class SequenceModel(NamedTuple):
+    """A model over whole sequences (what :func:`seqjax.bidirectional` returns).
+
+    Attributes:
+      init: ``(key, input_size) -> params``.
+      initial_state: ``(params) -> state``.
+      apply: ``(params, xs[time, input_size], state=None, *, length=None, rng=None,
+        **unroll_options) -> (final_state, ys[time, output_size])``, one example.
+      input_size: ``(params) -> int``.
+      output_size: size of each ``y``.
+      batched: the same over a time-major batch, what :func:`seqjax.unroll_batch`
+        and :func:`seqjax.stack` call: ``(params, xs[time, batch, input_size],
+        state[batch, ...], *, lengths[batch] or None, keys[batch] or None,
+        **unroll_options) -> (final_state[batch, ...], ys[time, batch, output_size])``
+        with one dropout key per example.
+    """
+
+    init: InitFn
+    initial_state: StateFn
+    apply: Callable[..., tuple]
+    input_size: Callable[[Params], int]
+    output_size: int
+    batched: Callable[..., tuple]
+    name: str = ""
+    config: tuple = ()
+
+
+
+
+# ------------------------------------------------------------- readable configuration
+
+_SIGNATURES: dict = {}
+
+
+def constructor(fn):
+    """Marks a function that builds a :class:`Cell` or :class:`SequenceModel`.
+
+    The result records the constructor's name and arguments (``cell.name``,
+    ``cell.config``, and each argument as an attribute), so that it prints as the
+    call that made it.
+    """
+    signature = inspect.signature(fn)
+    _SIGNATURES[fn.__name__] = signature
+
+    @functools.wraps(fn)
+    def build(*args, **kwargs):
+        model = fn(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return model._replace(name=fn.__name__, config=tuple(bound.arguments.items()))
+
+    return build
+
+
+def _is_default(value, default) -> bool:
+    if value is default:
+        return True
+    try:
+        return bool(type(value) is type(default) and value == default)
+    except Exception:  # arrays and other values without a plain ==
+        return False
+
+
+def _dtype_name(value):
+    try:
+        if isinstance(value, type) or isinstance(value, jnp.dtype) or hasattr(value, "dtype"):
+            return jnp.dtype(value).name
+    except TypeError:
+        pass
+    return None
+
+
+def _show(value) -> str:
+    if isinstance(value, (Cell, SequenceModel)):
+        return repr(value)
+    dtype = _dtype_name(value) if not isinstance(value, (bool, int, float, str)) else None
+    if dtype is not None:
+        return dtype
+    if callable(value):
+        name = getattr(value, "__name__", None)
+        return name if name and name != "<lambda>" else "<function>"
+    return repr(value)
+
+
+def _repr(self) -> str:
+    name = self.name or type(self).__name__
+    signature = _SIGNATURES.get(self.name)
+    if signature is None:
+        return f"{name}(...)"
+    parts = []
+    for key, value in self.config:
+        parameter = signature.parameters[key]
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            parts.extend(_show(v) for v in value)
+            continue
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            parts.extend(f"{k}={_show(v)}" for k, v in value.items())
+            continue
+        default = parameter.default
+        plain = isinstance(value, (bool, int, float, str)) or value is None
+        if default is inspect.Parameter.empty or plain or not _is_default(value, default):
+            parts.append(f"{key}={_show(value)}")
+    return f"{name}({', '.join(parts)})"
+
+
+def _getattr(self, attr):
+    for key, value in tuple.__getitem__(self, -1):  # config, the last field
+        if key == attr:
+            return value
+    raise AttributeError(f"{type(self).__name__} {self.name or ''!s} has no attribute {attr!r}")
+
+
+for _kind in (Cell, SequenceModel):
+    _kind.__repr__ = _repr
+    _kind.__getattr__ = _getattr

@@ -22,6 +22,8 @@ from seqjax.cells import mgu
 from seqjax.cells import min_gru
 from seqjax.cells import min_lstm
 from seqjax.cells import rnn
+# -- modern cells I (sLSTM, RG-LRU, S6)
+# -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
 from seqjax.compose import BidirectionalParams
 from seqjax.compose import add
 from seqjax.compose import bidirectional
@@ -77,6 +79,8 @@ __all__ = (
     "models",
     "multiply",
     "rnn",
+    # -- modern cells I (sLSTM, RG-LRU, S6)
+    # -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
     "stack",
     "tasks",
     "train",

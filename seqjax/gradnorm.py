@@ -61,6 +61,8 @@ CELLS = {
     "min_gru": (lambda h: seqjax.min_gru(h), False),
     "min_lstm": (lambda h: seqjax.min_lstm(h), False),
     "lru": (lambda h: seqjax.lru(h, h), True),
+    # -- modern cells I (sLSTM, RG-LRU, S6)
+    # -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
 }
 TASKS = {
     "adding": tasks.adding_problem,

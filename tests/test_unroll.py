@@ -27,6 +27,8 @@ def _cells():
         "lru": sj.lru(H, 6),
         "stack": sj.stack(sj.lstm(H), sj.gru(H), residual=True),
         "stack_mixed": sj.stack(sj.min_gru(H), sj.rnn(3)),
+        # -- modern cells I (sLSTM, RG-LRU, S6)
+        # -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
     }
 
 

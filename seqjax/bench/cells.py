@@ -96,6 +96,8 @@ BASES = {
         lambda I, H, N: 4 * N * (I + H), lambda I, H, N: 10 * N + 3 * H,
         lambda I, H, N: 2 * N * I + 2 * H * N + H + 3 * N, "2NI+2HN+H+3N",
         option="associative"),
+    # -- modern cells I (sLSTM, RG-LRU, S6)
+    # -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
 }
 
 DEFAULT_CELLS = ("rnn", "lstm", "gru", "gru_rb", "mgu", "min_gru", "min_lstm", "lru", "lstm_x2")
@@ -109,6 +111,8 @@ CELL_HELP = {
     "min_gru": "minGRU (associative scan)",
     "min_lstm": "minLSTM (associative scan)",
     "lru": "linear recurrent unit, state N = H unless --lru-state",
+    # -- modern cells I (sLSTM, RG-LRU, S6)
+    # -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
 }
 
 

@@ -29,3 +29,5 @@ from seqjax.cells.minimal import min_gru
 from seqjax.cells.minimal import min_lstm
 from seqjax.cells.diagonal import LRUParams
 from seqjax.cells.diagonal import lru
+# -- modern cells I (sLSTM, RG-LRU, S6)
+# -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)

@@ -124,8 +124,13 @@ def unroll(
         if reverse:
             raise ValueError("reverse=True is not defined for a SequenceModel (a "
                              "bidirectional model already runs both ways)")
-        return cell.apply(params, xs, state, length=length, rng=rng,
-                          **options._replace(reverse=False)._asdict())
+        if not _vmapped_here((params, xs, state, length, rng)):
+            return cell.apply(params, xs, state, length=length, rng=rng,
+                              **options._replace(reverse=False)._asdict())
+        _checks.sequence(xs, cell.input_size(params), cell.name or "unroll")
+        length = _checks.length(length, xs.shape[0])
+        state = cell.initial_state(params) if state is None else state
+        return _batch_when_vmapped(cell, options, params, xs, state, length, rng)
     if not isinstance(cell, Cell):
         raise TypeError(f"unroll expects a seqjax Cell or SequenceModel, got {type(cell).__name__}")
     _checks.sequence(xs, cell.input_size(params))
@@ -135,10 +140,88 @@ def unroll(
         state = initial
     else:
         _checks.state_like(state, initial)
+    return _batch_when_vmapped(cell, options, params, xs, state, length, rng)
+
+
+def _one_example(cell, options, params, xs, state, length, rng):
+    """The unroll of one checked example: :func:`run` on a batch of one."""
+    if isinstance(cell, SequenceModel):
+        return cell.apply(params, xs, state, length=length, rng=rng, **options._asdict())
     final, ys = run(cell, params, xs[:, None], _tree_map(lambda s: s[None], state),
                     lengths=None if length is None else length[None],
                     keys=None if rng is None else rng[None], options=options)
     return _tree_map(lambda s: s[0], final), ys[:, 0]
+
+
+def _vmapped_here(args) -> bool:
+    """Whether the innermost transformation now running is a ``jax.vmap`` that batches
+    one of ``args``.
+
+    Only then is the unroll wrapped in a ``custom_vmap`` (see :func:`_batch_when_vmapped`):
+    the vmap consumes the wrapper at once, so no transformation ever sees it.
+    ``custom_vmap`` supports no reverse-mode differentiation of its own, so it must not
+    meet ``grad`` first (``jax.vmap(jax.grad(...))``) or be staged out under a ``jit``
+    inside the vmap; those take the per-example path, which is always correct. This
+    reads JAX's current trace, an internal; if the internals differ, every call takes the
+    per-example path.
+    """
+    try:
+        from jax._src import core as jax_core
+        from jax._src.interpreters import batching
+        trace = jax_core.unsafe_get_current_trace()
+        if not isinstance(trace, batching.BatchTrace):
+            return False
+        return any(isinstance(leaf, batching.BatchTracer) and leaf._trace.tag is trace.tag
+                   for leaf in jax.tree_util.tree_leaves(args))
+    except (ImportError, AttributeError):
+        return False
+
+
+def _batch_when_vmapped(cell, options, params, xs, state, length, rng):
+    """:func:`_one_example`, except that under ``jax.vmap`` the whole batch runs as the
+    one time-major scan of :func:`unroll_batch`.
+
+    Without this, ``jax.vmap(unroll)`` batches every operation of the one-example unroll,
+    which is correct but slower: the fused backward pass (a ``custom_vjp``) is vmapped
+    as written for one example, so it forms one weight gradient per example and sums
+    them, instead of one matmul over all ``(t, b)``.
+    """
+    args = (params, xs, state, length, rng)
+    if not _vmapped_here(args):
+        return _one_example(cell, options, *args)
+
+    def one(params, xs, state, length, rng):
+        return _one_example(cell, options, params, xs, state, length, rng)
+
+    @jax.custom_batching.custom_vmap
+    def wrapped(params, xs, state, length, rng):
+        return one(params, xs, state, length, rng)
+
+    @wrapped.def_vmap
+
+    def batched(axis_size, in_batched, params, xs, state, length, rng):
+        if any(jax.tree_util.tree_leaves(in_batched[0])):
+            # an ensemble: every example has its own params, so there is no shared
+            # weight whose gradient a single scan could form; map the examples
+            in_axes = tuple(_tree_map(lambda b: 0 if b else None, flags)
+                            for flags in in_batched)
+            out = jax.vmap(one, in_axes=in_axes)(*(params, xs, state, length, rng))
+            return out, _tree_map(lambda _: True, out)
+
+        def spread(value, is_batched):
+            return value if is_batched else jnp.broadcast_to(value, (axis_size,) + value.shape)
+
+        _, xs_b, state_b, length_b, rng_b = in_batched
+        xs = spread(xs, xs_b)
+        state = _tree_map(spread, state, state_b)
+        lengths = None if length is None else spread(length, length_b)
+        keys = None if rng is None else spread(rng, rng_b)
+        final, ys = run(cell, params, jnp.swapaxes(xs, 0, 1), state, lengths=lengths,
+                        keys=keys, options=options)
+        out = (final, jnp.swapaxes(ys, 0, 1))
+        return out, _tree_map(lambda _: True, out)
+
+    return wrapped(*args)
 
 
 def unroll_batch(cell, params, xs, state=None, *, lengths=None, rng=None, **options):

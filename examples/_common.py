@@ -1,7 +1,9 @@
-"""Pieces shared by the examples: the cells they offer and a minibatch iterator."""
+"""Pieces shared by the examples: the cells they offer, a minibatch iterator and the
+``--help`` layout."""
 
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import numpy as np
@@ -16,6 +18,28 @@ CELLS = {
     "min_gru": seqjax.min_gru,
     "min_lstm": seqjax.min_lstm,
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                    argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each option's default after its description (on/off switches
+    and options without a default say what they do instead) and keeps the
+    description's line breaks."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0 or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser_for(doc: str, argument_parser):
+    """The example's parser: its docstring's first paragraph above the options, the
+    ``Run::`` lines below them."""
+    head, _, rest = doc.partition("\n\n")
+    run = rest.partition("Run::")[2].split("\n\n")[1] if "Run::" in rest else ""
+    epilog = ("examples:\n" + run) if run.strip() else None
+    return argument_parser(description=head.strip(), epilog=epilog,
+                           formatter_class=HelpFormatter)
 
 
 def minibatches(arrays: dict, batch_size: int, seed: int):

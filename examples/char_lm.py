@@ -19,19 +19,33 @@ Run::
 
     python -m examples.char_lm
     python -m examples.char_lm --cell lstm --steps 3000 --prompt "The while statement"
+    python -m examples.char_lm --cell slstm       # or rg_lru, s6, lru, min_gru, ...
     python -m examples.char_lm --text-file some_book.txt
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 
 import jax
 import numpy as np
 
-from examples._common import CELLS, losses_of
-from seqjax import losses, models, train
+import seqjax
+from examples import _common
+from examples._common import losses_of
+from seqjax import _cli, losses, models, train
+
+# name -> (the cell from the hidden size, whether it reads inputs as wide as its hidden
+# state). The last kind (lru, rg_lru, s6: their input gates or skip terms are
+# elementwise in x) reads a ``hidden``-wide embedding, so the embedding table is their
+# input projection; ``embed_dim`` applies to the others.
+CELLS = {name: (make, False) for name, make in _common.CELLS.items()}
+CELLS.update({
+    "lru": (lambda h: seqjax.lru(h, h), True),
+    "slstm": (lambda h: seqjax.slstm(h), False),  # 4 heads: hidden divisible by 4
+    "rg_lru": (lambda h: seqjax.rg_lru(h), True),
+    "s6": (lambda h: seqjax.s6(h), True),
+})
 
 UNK = 0  # id of characters never seen in training
 
@@ -121,6 +135,9 @@ def run(*, cell: str = "gru", hidden: int = 192, embed_dim: int = 32, steps: int
     """Trains the language model, scores it on held-out text and samples from it.
 
     Args:
+      cell: a name from :data:`CELLS`.
+      embed_dim: width of the character embedding; cells whose input must be as
+        wide as their state (``lru``, ``rg_lru``, ``s6``) use ``hidden`` instead.
       eval_len: the held-out text is scored in consecutive chunks of this many
         characters, each read from the zero state.
       text: the corpus; ``None`` reads ``text_file`` with :func:`load_text`.
@@ -129,11 +146,16 @@ def run(*, cell: str = "gru", hidden: int = 192, embed_dim: int = 32, steps: int
     Returns:
       A dict with ``bits_per_char`` (model, held-out), ``baseline`` (unigram,
       held-out), ``sample`` (the prompt and its sampled continuation),
-      ``vocab_size``, ``n_train``/``n_test`` characters and ``losses`` (training
-      loss per step, nats per character).
+      ``vocab_size``, ``n_train``/``n_test`` characters, ``losses`` (training
+      loss per step, nats per character) and ``embed_dim`` (the width used).
     """
+    if cell not in CELLS:
+        raise ValueError(f"char_lm: unknown cell {cell!r}; choose from "
+                         f"{', '.join(sorted(CELLS))}")
+    make, square = CELLS[cell]
+    embed_dim = hidden if square else embed_dim
     corpus = Corpus(load_text(text_file) if text is None else text, test_fraction)
-    model = models.one_to_many(CELLS[cell](hidden), vocab_size=corpus.vocab_size,
+    model = models.one_to_many(make(hidden), vocab_size=corpus.vocab_size,
                                embed_dim=embed_dim)
     key_init, key_sample = jax.random.split(jax.random.PRNGKey(seed))
     params = model.init(key_init)
@@ -168,29 +190,45 @@ def run(*, cell: str = "gru", hidden: int = 192, embed_dim: int = 32, steps: int
         "n_train": len(corpus.train),
         "n_test": len(corpus.test),
         "losses": losses_of(history),
+        "embed_dim": embed_dim,
     }
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", choices=sorted(CELLS), default="gru")
-    parser.add_argument("--hidden", type=int, default=192)
-    parser.add_argument("--embed-dim", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--prompt", default="The if statement")
-    parser.add_argument("--text-file", default=None, help="UTF-8 text to train on")
-    parser.add_argument("--sample-steps", type=int, default=300)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser = _common.parser_for(__doc__, _cli.ArgumentParser)
+    parser.add_argument("--cell", choices=sorted(CELLS), default="gru",
+                        help="recurrent cell (seqjax constructor of that name)")
+    parser.add_argument("--hidden", type=_cli.positive_int, default=192,
+                        help="hidden size of the cell")
+    parser.add_argument("--embed-dim", type=_cli.positive_int, default=32,
+                        help="character embedding width; lru, rg_lru and s6 read a "
+                             "hidden-wide embedding instead")
+    parser.add_argument("--steps", type=_cli.positive_int, default=1500,
+                        help="training steps (minibatches)")
+    parser.add_argument("--seq-len", type=_cli.int_at_least(2), default=64,
+                        help="characters per training window")
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=32,
+                        help="windows per training step")
+    parser.add_argument("--lr", type=_cli.positive_float, default=3e-3,
+                        help="Adam learning rate (gradients clipped at global norm 1)")
+    parser.add_argument("--prompt", default="The if statement",
+                        help="text the sample continues")
+    parser.add_argument("--text-file", default=None,
+                        help="UTF-8 text to train on instead of Python's pydoc topics")
+    parser.add_argument("--sample-steps", type=_cli.positive_int, default=300,
+                        help="characters to generate after the prompt")
+    parser.add_argument("--temperature", type=_cli.nonnegative_float, default=0.7,
+                        help="sampling temperature (0: always the most likely character)")
+    parser.add_argument("--seed", type=_cli.nonnegative_int, default=0,
+                        help="PRNG seed (initialisation, data split and order, sampling)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="do not draw the training progress bar")
     args = parser.parse_args(argv)
     metrics = run(**vars(args))
     print(f"sample (temperature {args.temperature}):\n{metrics['sample']}\n")
-    print(f"char LM [{args.cell}] held-out {metrics['bits_per_char']:.3f} bits/char   "
-          f"unigram baseline {metrics['baseline']:.3f} bits/char "
+    print(f"char LM [{args.cell} {args.hidden}, embedding {metrics['embed_dim']}] held-out "
+          f"{metrics['bits_per_char']:.3f} bits/char   unigram baseline "
+          f"{metrics['baseline']:.3f} bits/char "
           f"({metrics['n_train']} train / {metrics['n_test']} test characters)")
     return metrics
 

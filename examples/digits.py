@@ -16,16 +16,14 @@ the most frequent training label).
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from examples._common import CELLS, losses_of, minibatches
-from seqjax import losses, models, train
+from examples._common import CELLS, losses_of, minibatches, parser_for
+from seqjax import _cli, losses, models, train
 
 MODES = ("rows", "pixels")
 
@@ -84,15 +82,24 @@ def run(mode: str = "rows", *, cell: str = "gru", hidden: int = 64, steps: int =
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=MODES + ("both",), default="both")
-    parser.add_argument("--cell", choices=sorted(CELLS), default="gru")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser = parser_for(__doc__, _cli.ArgumentParser)
+    parser.add_argument("--mode", choices=MODES + ("both",), default="both",
+                        help="read each image by rows (8 steps of 8 pixels), by pixels "
+                             "(64 steps of 1), or both in turn")
+    parser.add_argument("--cell", choices=sorted(CELLS), default="gru",
+                        help="recurrent cell (seqjax constructor of that name)")
+    parser.add_argument("--hidden", type=_cli.positive_int, default=64,
+                        help="hidden size of the cell")
+    parser.add_argument("--steps", type=_cli.positive_int, default=1500,
+                        help="training steps (minibatches)")
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=64,
+                        help="images per training step")
+    parser.add_argument("--lr", type=_cli.positive_float, default=3e-3,
+                        help="Adam learning rate (gradients clipped at global norm 1)")
+    parser.add_argument("--seed", type=_cli.nonnegative_int, default=0,
+                        help="PRNG seed (initialisation, data split and order, sampling)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="do not draw the training progress bar")
     args = parser.parse_args(argv)
     modes = MODES if args.mode == "both" else (args.mode,)
     results = {}

@@ -19,14 +19,12 @@ Run::
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import numpy as np
 import statsmodels.api as sm
 
-from examples._common import CELLS, losses_of, minibatches
-from seqjax import losses, models, train
+from examples._common import CELLS, losses_of, minibatches, parser_for
+from seqjax import _cli, losses, models, train
 
 
 def load_series():
@@ -112,15 +110,23 @@ def run(*, cell: str = "gru", hidden: int = 32, window: int = 20, steps: int = 1
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", choices=sorted(CELLS), default="gru")
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--window", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser = parser_for(__doc__, _cli.ArgumentParser)
+    parser.add_argument("--cell", choices=sorted(CELLS), default="gru",
+                        help="recurrent cell (seqjax constructor of that name)")
+    parser.add_argument("--hidden", type=_cli.positive_int, default=32,
+                        help="hidden size of the cell")
+    parser.add_argument("--window", type=_cli.positive_int, default=20,
+                        help="years of history the model reads to forecast the next one")
+    parser.add_argument("--steps", type=_cli.positive_int, default=1500,
+                        help="training steps (minibatches)")
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=32,
+                        help="windows per training step")
+    parser.add_argument("--lr", type=_cli.positive_float, default=3e-3,
+                        help="Adam learning rate (gradients clipped at global norm 1)")
+    parser.add_argument("--seed", type=_cli.nonnegative_int, default=0,
+                        help="PRNG seed (initialisation, data split and order, sampling)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="do not draw the training progress bar")
     args = parser.parse_args(argv)
     metrics = run(cell=args.cell, hidden=args.hidden, window=args.window, steps=args.steps,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,

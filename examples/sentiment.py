@@ -32,7 +32,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import os
@@ -47,8 +46,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 import seqjax
-from examples._common import CELLS, losses_of, minibatches
-from seqjax import losses, models, train
+from examples._common import CELLS, losses_of, minibatches, parser_for
+from seqjax import _cli, losses, models, train
 
 DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sentiment.csv")
 PAD, UNK = 0, 1
@@ -218,21 +217,34 @@ def run(*, csv_path=DEFAULT_CSV, text_column: str = "text", label_column: str = 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", dest="csv_path", default=DEFAULT_CSV)
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--cell", choices=sorted(CELLS), default="gru")
-    parser.add_argument("--hidden", type=int, default=16)
-    parser.add_argument("--embed-dim", type=int, default=16)
-    parser.add_argument("--min-count", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--weight-decay", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser = parser_for(__doc__, _cli.ArgumentParser)
+    parser.add_argument("--csv", dest="csv_path", default=DEFAULT_CSV,
+                        help="CSV file with a header row, one review per row")
+    parser.add_argument("--text-column", default="text", help="column holding the text")
+    parser.add_argument("--label-column", default="label",
+                        help="column holding the label (any strings)")
+    parser.add_argument("--folds", type=_cli.int_at_least(2), default=5,
+                        help="folds of the stratified cross-validation")
+    parser.add_argument("--cell", choices=sorted(CELLS), default="gru",
+                        help="recurrent cell of each direction of the bidirectional encoder")
+    parser.add_argument("--hidden", type=_cli.positive_int, default=16,
+                        help="hidden size of each direction")
+    parser.add_argument("--embed-dim", type=_cli.positive_int, default=16,
+                        help="word embedding size")
+    parser.add_argument("--min-count", type=_cli.positive_int, default=2,
+                        help="words seen fewer times in the training folds map to <unk>")
+    parser.add_argument("--steps", type=_cli.positive_int, default=300,
+                        help="training steps per fold")
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=32,
+                        help="reviews per training step")
+    parser.add_argument("--lr", type=_cli.positive_float, default=3e-3,
+                        help="AdamW learning rate (gradients clipped at global norm 1)")
+    parser.add_argument("--weight-decay", type=_cli.nonnegative_float, default=1.0,
+                        help="AdamW's decoupled weight decay")
+    parser.add_argument("--seed", type=_cli.nonnegative_int, default=0,
+                        help="PRNG seed (initialisation, data split and order, sampling)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="do not draw the training progress bar")
     args = parser.parse_args(argv)
     metrics = run(**vars(args))
     folds = ", ".join(f"{a:.3f}" for a in metrics["fold_accuracy"])

@@ -20,14 +20,13 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import collections
 
 import jax
 import numpy as np
 
-from examples._common import CELLS, losses_of, minibatches
-from seqjax import losses, models, train
+from examples._common import CELLS, losses_of, minibatches, parser_for
+from seqjax import _cli, losses, models, train
 
 CELLS = {name: CELLS[name] for name in ("lstm", "gru", "mgu", "rnn")}
 
@@ -145,21 +144,33 @@ def run(*, cell: str = "gru", hidden: int = 128, embed_dim: int = 32, steps: int
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", choices=sorted(CELLS), default="gru")
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--embed-dim", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--train-size", dest="n_train", type=int, default=20000)
-    parser.add_argument("--test-size", dest="n_test", type=int, default=1000)
-    parser.add_argument("--max-digits", type=int, default=3)
+    parser = parser_for(__doc__, _cli.ArgumentParser)
+    parser.add_argument("--cell", choices=sorted(CELLS), default="gru",
+                        help="recurrent cell of the encoder and of the decoder")
+    parser.add_argument("--hidden", type=_cli.positive_int, default=128,
+                        help="hidden size of the encoder and of the decoder")
+    parser.add_argument("--embed-dim", type=_cli.positive_int, default=32,
+                        help="character embedding size")
+    parser.add_argument("--steps", type=_cli.positive_int, default=3000,
+                        help="training steps (minibatches)")
+    parser.add_argument("--batch-size", type=_cli.positive_int, default=64,
+                        help="problems per training step")
+    parser.add_argument("--lr", type=_cli.positive_float, default=3e-3,
+                        help="Adam learning rate (gradients clipped at global norm 1)")
+    parser.add_argument("--train-size", dest="n_train", type=_cli.positive_int, default=20000,
+                        help="training problems")
+    parser.add_argument("--test-size", dest="n_test", type=_cli.positive_int, default=1000,
+                        help="held-out problems (operand pairs never seen in training)")
+    parser.add_argument("--max-digits", type=_cli.positive_int, default=3,
+                        help="most digits per operand")
     parser.add_argument("--no-reverse-source", dest="reverse_source", action="store_false",
                         help="let the encoder read the problem left to right")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--show", type=int, default=8, help="decoded test problems to print")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--seed", type=_cli.nonnegative_int, default=0,
+                        help="PRNG seed (initialisation, data split and order, sampling)")
+    parser.add_argument("--show", type=_cli.nonnegative_int, default=8,
+                        help="decoded test problems to print")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="do not draw the training progress bar")
     args = parser.parse_args(argv)
     metrics = run(**{k: v for k, v in vars(args).items()})
     for problem, truth, prediction in metrics["examples"]:

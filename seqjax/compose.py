@@ -61,26 +61,12 @@ def stack(*parts, residual: bool = False, dropout: float = 0.0):
             size = part.output_size
         return tuple(params)
 
+    # `constructor` makes both check the params first, layer by layer (seqjax._checks)
     def initial_state(params):
-        _check_params(params)
         return tuple(part.initial_state(p) for part, p in zip(parts, params))
 
     def input_size(params):
-        _check_params(params)
         return parts[0].input_size(params[0])
-
-    def _check_params(params):
-        if not isinstance(params, (tuple, list)) or len(params) != len(parts):
-            raise ValueError(f"stack of {len(parts)} layers expects a tuple of {len(parts)} "
-                             f"params, got {type(params).__name__}"
-                             + (f" of length {len(params)}" if isinstance(params, (tuple, list)) else ""))
-        size = parts[0].input_size(params[0])
-        for i in range(1, len(parts)):
-            want, got = parts[i - 1].output_size, parts[i].input_size(params[i])
-            if want != got:
-                raise ValueError(f"stack: layer {i} params expect {got} input features but "
-                                 f"layer {i - 1} outputs {want}")
-        return size
 
     out = parts[-1].output_size
     if all(isinstance(p, Cell) for p in parts):
@@ -108,6 +94,7 @@ def _sequence_model(init, initial_state, input_size, out, batched, name) -> Sequ
     form on a batch of one."""
 
     def apply(params, xs, state=None, *, length=None, rng=None, **options):
+        # params and state are checked first (the `constructor` wrapper)
         _checks.sequence(xs, input_size(params), name)
         length = _checks.length(length, xs.shape[0])
         if state is None:
@@ -168,11 +155,23 @@ def bidirectional(forward, backward, *, merge: Callable = concat) -> SequenceMod
     for name, c in (("forward", forward), ("backward", backward)):
         if not isinstance(c, Cell):
             raise TypeError(f"bidirectional: {name} must be a seqjax Cell, got {type(c).__name__}")
-    probe = jax.eval_shape(merge, jax.ShapeDtypeStruct((1, forward.output_size), jnp.float32),
-                           jax.ShapeDtypeStruct((1, backward.output_size), jnp.float32))
-    if probe.ndim != 2 or probe.shape[0] != 1:
-        raise ValueError(f"bidirectional: merge must keep the time axis, [1, H] inputs gave "
-                         f"{probe.shape}")
+    if not callable(merge):
+        raise TypeError(f"bidirectional: merge must be a function (y_forward, y_backward) -> y, "
+                        f"e.g. seqjax.concat, got {type(merge).__name__}")
+    merge_name = getattr(merge, "__name__", "the merge function")
+    try:
+        probe = jax.eval_shape(merge,
+                               jax.ShapeDtypeStruct((1, forward.output_size), jnp.float32),
+                               jax.ShapeDtypeStruct((1, backward.output_size), jnp.float32))
+    except Exception as e:  # noqa: BLE001 -- any failure of the user's merge
+        raise ValueError(
+            f"bidirectional: merge={merge_name} cannot combine the forward outputs "
+            f"[T, {forward.output_size}] with the backward outputs [T, "
+            f"{backward.output_size}] ({type(e).__name__}: {e}); use merge=seqjax.concat, or "
+            "cells of equal output sizes") from None
+    if getattr(probe, "ndim", None) != 2 or probe.shape[0] != 1:
+        raise ValueError(f"bidirectional: merge={merge_name} must keep the time axis: [1, H] "
+                         f"inputs gave {getattr(probe, 'shape', type(probe).__name__)}")
     out = probe.shape[1]
 
     def init(key, input_size):
@@ -182,12 +181,8 @@ def bidirectional(forward, backward, *, merge: Callable = concat) -> SequenceMod
     def initial_state(params):
         return (forward.initial_state(params.forward), backward.initial_state(params.backward))
 
-    def input_size(params):
-        size = forward.input_size(params.forward)
-        other = backward.input_size(params.backward)
-        if size != other:
-            raise ValueError(f"bidirectional: forward params expect {size} features, backward {other}")
-        return size
+    def input_size(params):  # `constructor` checks both directions first
+        return forward.input_size(params.forward)
 
     def batched(params, xs, state, *, lengths=None, keys=None, **options):
         options = _Options(**options)

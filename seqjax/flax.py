@@ -19,8 +19,9 @@ inputs, so it composes with ``nnx.Linear``, ``nnx.Optimizer``, ``nnx.jit``,
     model = Model(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
 
-This file is ``seqjax/flax.py``; ``from flax import nnx`` below is an absolute import
-and always finds the real Flax package, never this module.
+Needs the ``flax`` extra (``pip install "seqjax[flax]"``). This file is
+``seqjax/flax.py``; the import of ``flax.nnx`` below is absolute and always finds the
+real Flax package, never this module.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
+from seqjax._extras import require
 from seqjax.cells import Cell, SequenceModel
 from seqjax.unroll import unroll_batch
+
+nnx = require("flax.nnx", "seqjax.flax")
 
 __all__ = ("RNN",)
 

@@ -1,6 +1,7 @@
 """Models built from cells: embeddings, dense heads, readouts and the RNN types.
 
-The seeds name the RNN types by how inputs map to outputs: *many to one*
+The RNN types are named by how inputs map to outputs (Karpathy 2015, "The
+unreasonable effectiveness of recurrent neural networks"): *many to one*
 (sentiment: a sequence in, one label out), *many to many* (one output per step),
 *one to many* (generation from one input or a context vector) and the
 *encoder-decoder* (sequence to sequence, where the encoder's final state is the
@@ -10,19 +11,27 @@ functions, like a :class:`~seqjax.Cell`: ``init(key) -> params`` and
 configuration (sizes, special token ids) lives in the closure; params are typed
 NamedTuples of arrays.
 
-The output layer is the seeds' :math:`y_t = W_{hy} h_t + b` (:func:`dense`).
+The output layer is the affine readout :math:`y_t = W_{hy} h_t + b` (:func:`dense`).
+
+Token ids and lengths are checked when their values are known (outside ``jit`` and
+``vmap``): an id outside ``[0, V)`` or a length outside ``[0, T]`` raises a
+``ValueError`` before anything is compiled. Inside ``jit``/``vmap`` they are tracers
+whose values Python cannot see: an out-of-range id then embeds as NaN (see
+:func:`embed`) and a length outside ``[0, T]`` acts as if clipped to it. Wrap the
+compiled function in ``jax.experimental.checkify.checkify`` to have both raise there
+too, with the same messages.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from seqjax import _checks
@@ -106,45 +115,44 @@ def embedding_init(key, vocab_size: int, dim: int, *, dtype=jnp.float32) -> Arra
 
 
 def _check_ids(ids, vocab_size: int, name: str):
-    dtype = getattr(ids, "dtype", None)
-    if dtype is None:
-        if isinstance(ids, bool) or not isinstance(ids, (numbers.Integral, list, tuple)):
-            raise TypeError(f"{name} must be integer token ids, got {type(ids).__name__}")
-        ids = np.asarray(ids)
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"{name} must be integer token ids, got {ids.dtype}")
-        ids = ids.astype(np.int32)
-    elif not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"{name} must have an integer dtype (token ids), got {dtype}; float "
-                        "features go to a model built without vocab_size")
-    concrete = _checks._concrete(ids)
-    if concrete is not None and concrete.size and (concrete.min() < 0
-                                                   or concrete.max() >= vocab_size):
-        raise ValueError(f"{name}: token ids must lie in [0, {vocab_size - 1}] (vocab_size="
-                         f"{vocab_size}), got values from {concrete.min()} to {concrete.max()}")
-    return jnp.asarray(ids)
+    return _checks.token_ids(ids, vocab_size, name)
 
 
 def embed(table, ids) -> Array:
     """Looks up token embeddings: ``table[ids]``.
 
+    Ids must lie in ``[0, V)``. Concrete ids (outside ``jit``/``vmap``) are checked
+    here and a ``ValueError`` names the range and the values found. Traced ids cannot
+    be read in Python: an out-of-range traced id (negative, or ``>= V``) then looks
+    up a row of NaN -- never another token's row -- so the model's output and loss
+    become NaN (and :func:`seqjax.train.fit` stops with its non-finite-loss error).
+    To get the same ``ValueError`` message from compiled code, run under
+    ``jax.experimental.checkify``::
+
+        err, out = checkify.checkify(jax.jit(jax.vmap(model.apply, (None, 0))))(params, ids)
+        err.throw()
+
     Args:
-      table: ``[V, E]`` embedding table (:func:`embedding_init`).
-      ids: integer token ids of any shape. Checked to lie in ``[0, V)`` when their
-        values are known (outside ``jit``/``vmap``); under tracing an out-of-range id
-        is clamped by XLA, so validate data before it enters a compiled function.
+      table: ``[V, E]`` floating embedding table (:func:`embedding_init`).
+      ids: integer token ids of any shape.
 
     Returns:
       ``[*ids.shape, E]``.
 
     Raises:
-      TypeError: ids are not integers.
-      ValueError: ids outside ``[0, V)``.
+      TypeError: ids are not integers, or the table is not floating.
+      ValueError: concrete ids outside ``[0, V)``; a table that is not ``[V, E]``.
     """
     if getattr(table, "ndim", None) != 2:
         raise ValueError(f"embed: table must be [vocab, dim], got shape {jnp.shape(table)}")
-    ids = _check_ids(ids, table.shape[0], "embed: ids")
-    return jnp.take(table, ids, axis=0)
+    if not jnp.issubdtype(table.dtype, jnp.floating):
+        raise TypeError(f"embed: table must be floating, got {table.dtype}")
+    vocab_size = table.shape[0]
+    ids = _check_ids(ids, vocab_size, "embed: ids")
+    # traced ids outside [0, V) read row V, which does not exist: a NaN fill, never
+    # another token's row (plain indexing would wrap -1 to the last row)
+    ids = jnp.where((ids >= 0) & (ids < vocab_size), ids, vocab_size)
+    return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 def shift_right(tokens, start_id: int) -> Array:
@@ -215,13 +223,20 @@ def masked_mean(ys, length=None) -> Array:
 class Model(NamedTuple):
     """A model as pure functions.
 
+    It prints as the call that built it, and that call's arguments read back as
+    attributes (``model.output_size``, ``model.encoder``).
+
     Attributes:
       init: ``(key) -> params``.
       apply: ``(params, *inputs, **options) -> outputs`` for one example.
+      name: the constructor's name (``"many_to_one"``).
+      config: the constructor's arguments as ``(name, value)`` pairs.
     """
 
     init: Callable[[Array], Params]
     apply: Callable[..., Array]
+    name: str = ""
+    config: tuple = ()
 
 
 class LanguageModel(NamedTuple):
@@ -238,6 +253,8 @@ class LanguageModel(NamedTuple):
     init: Callable[[Array], Params]
     apply: Callable[..., Array]
     generate: Callable[..., Array]
+    name: str = ""
+    config: tuple = ()
 
 
 class Seq2Seq(NamedTuple):
@@ -255,6 +272,8 @@ class Seq2Seq(NamedTuple):
     apply: Callable[..., Array]
     greedy_decode: Callable[..., tuple]
     encode: Callable[..., Any]
+    name: str = ""
+    config: tuple = ()
 
 
 class ModelParams(NamedTuple):
@@ -290,6 +309,54 @@ class Seq2SeqParams(NamedTuple):
     bridge: Optional[DenseParams]
     decoder: Params
     head: DenseParams
+
+
+# -------------------------------------------------------------- readable models
+
+_SIGNATURES: dict = {}
+
+
+def _described(fn):
+    """Marks a model constructor: what it returns records the constructor's name and
+    arguments, prints as the call that built it (defaults left out), and reads its
+    arguments back as attributes."""
+    signature = inspect.signature(fn)
+    _SIGNATURES[fn.__name__] = signature
+
+    @functools.wraps(fn)
+    def build(*args, **kwargs):
+        model = fn(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return model._replace(name=fn.__name__, config=tuple(bound.arguments.items()))
+
+    return build
+
+
+def _model_repr(self) -> str:
+    from seqjax.cells.contract import _is_default, _show
+
+    signature = _SIGNATURES.get(self.name)
+    if signature is None:
+        return f"{type(self).__name__}(...)"
+    parts = []
+    for key, value in self.config:
+        default = signature.parameters[key].default
+        if default is inspect.Parameter.empty or not _is_default(value, default):
+            parts.append(f"{key}={_show(value)}")
+    return f"{self.name}({', '.join(parts)})"
+
+
+def _model_getattr(self, attr):
+    for key, value in tuple.__getitem__(self, -1):  # config, the last field
+        if key == attr:
+            return value
+    raise AttributeError(f"{type(self).__name__} {self.name or ''!s} has no attribute {attr!r}")
+
+
+for _kind in (Model, LanguageModel, Seq2Seq):
+    _kind.__repr__ = _model_repr
+    _kind.__getattr__ = _model_getattr
 
 
 # ------------------------------------------------------------------ state bridges
@@ -437,6 +504,7 @@ def _encoder_model(name, encoder, output_size, input_size, vocab_size, embed_dim
 # ---------------------------------------------------------------------- RNN types
 
 
+@_described
 def many_to_one(encoder, output_size: int, *, input_size: Optional[int] = None,
                 vocab_size: Optional[int] = None, embed_dim: Optional[int] = None,
                 readout: Callable = last_valid) -> Model:
@@ -480,6 +548,7 @@ def many_to_one(encoder, output_size: int, *, input_size: Optional[int] = None,
     return Model(init, apply)
 
 
+@_described
 def many_to_many(encoder, output_size: int, *, input_size: Optional[int] = None,
                  vocab_size: Optional[int] = None, embed_dim: Optional[int] = None) -> Model:
     """Many to many, aligned: one output per input step (tagging, per-step regression).
@@ -530,6 +599,7 @@ def _temperature(temperature, greedy, name):
     return temperature, False
 
 
+@_described
 def one_to_many(cell, vocab_size: int, embed_dim: int, *,
                 context_size: Optional[int] = None, start_id: int = 0) -> LanguageModel:
     """One to many: a next-token model that generates from one input or a context.
@@ -542,8 +612,8 @@ def one_to_many(cell, vocab_size: int, embed_dim: int, *,
     Trained with teacher forcing (:func:`seqjax.losses.softmax_cross_entropy` of
     ``apply(params, tokens)[:-1]`` against ``tokens[1:]``); a character-level
     language model is this with ``V`` characters. ``generate`` feeds each sampled
-    token back as the next input (the seeds' one-to-many: ``y_{t-1}`` is the input
-    at step ``t``).
+    token back as the next input (one to many: ``y_{t-1}`` is the input at step
+    ``t``).
 
     Args:
       cell: a :class:`~seqjax.Cell` or stack of cells (generation steps the cell one
@@ -645,6 +715,7 @@ def one_to_many(cell, vocab_size: int, embed_dim: int, *,
     return LanguageModel(init, apply, generate)
 
 
+@_described
 def seq2seq(encoder, decoder, *, src_vocab: int, tgt_vocab: int, embed_dim: int,
             start_id: int, end_id: int, pad_id: int = 0,
             bridge: Optional[bool] = None) -> Seq2Seq:
@@ -672,7 +743,7 @@ def seq2seq(encoder, decoder, *, src_vocab: int, tgt_vocab: int, embed_dim: int,
       pad_id: token written after END by ``greedy_decode``.
       bridge: how ``c`` becomes the decoder's initial state. ``None`` (default): the
         identity when the encoder's final state has the decoder state's structure,
-        shapes and dtypes (e.g. LSTM to LSTM of the same size, as in the seeds),
+        shapes and dtypes (e.g. LSTM to LSTM of the same size, as in Sutskever et al.),
         otherwise a learned affine map from :func:`state_to_vector` of the final
         state(s) to the decoder state, split in :func:`vector_to_state` order
         (for a bidirectional encoder: the concatenated forward and backward final

@@ -5,8 +5,10 @@
 * :func:`make_train_step` turns ``loss_fn(params, batch, rng)`` into a pure, compiled
   ``step(params, opt_state, batch, rng) -> (params, opt_state, metrics)`` that reports
   the loss and the global norm of the raw (unclipped) gradients every step.
-* :func:`fit` runs the loop with a progress bar, periodic evaluation, atomic
-  checkpoints that a later call resumes from, and a clear error on a non-finite loss.
+* :func:`fit` runs the loop with a progress bar (when tqdm is installed), periodic
+  evaluation, atomic checkpoints that a later call resumes from (verified by SHA-256
+  on restore: :mod:`seqjax.checkpoint`; ``resume=`` chooses, and a resume is
+  announced), and a clear error on a non-finite loss.
 * With a :class:`jax.sharding.Mesh` (:func:`make_mesh`) the step is data parallel:
   the batch is split along the mesh's ``"data"`` axis and params are replicated; XLA
   inserts the gradient all-reduce, so the result equals the single-device step.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Union
 
 import jax
@@ -245,6 +248,7 @@ def fit(
     keep_checkpoints: int = 3,
     mesh: Optional[Mesh] = None,
     progress: bool = True,
+    resume: Optional[bool] = None,
 ):
     """Trains ``params`` for ``steps`` steps.
 
@@ -267,13 +271,22 @@ def fit(
         ``"eval_<name>"``.
       eval_every: evaluation period in steps.
       seed: seed of the run's PRNG key.
-      checkpoint_dir: if given, resume from its latest checkpoint
-        (:func:`seqjax.checkpoint.latest`), and save ``ckpt_<step>.msgpack`` there
-        every ``checkpoint_every`` steps and at the end (atomic writes).
+      checkpoint_dir: if given, save ``ckpt_<step>.npz`` there every
+        ``checkpoint_every`` steps and at the end (atomic writes), and resume from
+        its latest checkpoint (:func:`seqjax.checkpoint.latest`) as ``resume`` says.
       checkpoint_every: checkpoint period; ``None`` saves at the end only.
       keep_checkpoints: how many checkpoints to keep in ``checkpoint_dir``.
       mesh: data-parallel mesh (see :func:`make_train_step`).
-      progress: show a tqdm bar with the loss and the gradient norm.
+      progress: show a tqdm bar with the loss and the gradient norm (when tqdm is
+        installed; without it ``fit`` runs silently).
+      resume: what to do with the checkpoints already in ``checkpoint_dir``.
+        ``None`` (default): continue from the latest one if there is one, else
+        start from ``params``. ``True``: continue from the latest one, and raise if
+        there is none. ``False``: start from ``params`` at step 0, and raise if
+        ``checkpoint_dir`` already holds checkpoints (a fresh run would otherwise
+        mix its checkpoints with an older run's). A resume is announced on stderr
+        in one line naming the file and its step; a run resumed at or past
+        ``steps`` runs no step, says so, and returns an empty history.
 
     Returns:
       ``(state, history)``: the final :class:`TrainState` and one dict per step run
@@ -285,21 +298,41 @@ def fit(
         names the step (0-based, the ``step`` argument its batch was made with); the
         exception carries ``.step``, ``.state`` (the last finite
         :class:`TrainState`, before that step) and ``.history``.
+      FileNotFoundError: ``resume=True`` and ``checkpoint_dir`` holds no checkpoint.
+      FileExistsError: ``resume=False`` and ``checkpoint_dir`` holds checkpoints.
+      ValueError: an argument out of range; ``resume=True`` without
+        ``checkpoint_dir``.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"fit: steps must be an int >= 0, got {steps!r}")
     if eval_every < 1:
         raise ValueError(f"fit: eval_every must be >= 1, got {eval_every}")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"fit: checkpoint_every must be >= 1 or None, got {checkpoint_every}")
+    if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) \
+            or keep_checkpoints < 1:
+        raise ValueError(f"fit: keep_checkpoints must be an int >= 1, got {keep_checkpoints!r}")
+
+    if resume is not None and not isinstance(resume, bool):
+        raise ValueError(f"fit: resume must be None, True or False, got {resume!r}")
+    if resume is True and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs a checkpoint_dir to resume from")
 
     state = init_state(params, optimizer, seed)
     if checkpoint_dir is not None:
         found = checkpoint.latest(checkpoint_dir)
+        if found is not None and resume is False:
+            raise FileExistsError(
+                f"fit(resume=False): {os.fspath(checkpoint_dir)!r} already holds checkpoints "
+                f"of an earlier run (latest {found}); pass resume=True to continue it, or "
+                "give a new or empty checkpoint_dir")
+        if found is None and resume is True:
+            raise FileNotFoundError(
+                f"fit(resume=True): no checkpoint (ckpt_<step>.npz) in "
+                f"{os.fspath(checkpoint_dir)!r} to resume from")
         if found is not None:
             state = checkpoint.restore(found, like=state)
+            print(_resume_note(found, state.step, steps, resume), file=sys.stderr)
 
     train_step = make_train_step(loss_fn, optimizer, mesh=mesh)
     if callable(batches):
@@ -321,8 +354,7 @@ def fit(
             checkpoint.prune(checkpoint_dir, keep_checkpoints)
 
     history = []
-    bar = tqdm(total=steps, initial=min(state.step, steps), disable=not progress,
-               dynamic_ncols=True)
+    bar = _progress_bar(progress, total=steps, initial=min(state.step, steps))
     try:
         while state.step < steps:
             k = state.step
@@ -355,3 +387,38 @@ def fit(
     finally:
         bar.close()
     return state, history
+
+
+def _resume_note(path, step: int, steps: int, resume) -> str:
+    """The line ``fit`` prints when it resumes."""
+    if step >= steps:
+        left = (f"the run of {steps} steps is already complete: no step runs and the "
+                "history is empty")
+    else:
+        left = f"{steps - step} of {steps} steps to go"
+    hint = "" if resume else "; to start over, give fit a new or empty checkpoint_dir"
+    return f"fit: resuming from {path} (step {step}): {left}{hint}"
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when there is none to show."""
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(progress: bool, *, total: int, initial: int):
+    """A tqdm bar when ``progress`` is on and tqdm is installed, else a no-op."""
+    if not progress:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: no bar
+        return _NoBar()
+    return tqdm(total=total, initial=initial, dynamic_ncols=True)

@@ -37,14 +37,6 @@ def test_dense_and_embed_match_numpy(key):
     np.testing.assert_array_equal(models.embed(table, ids), np.asarray(table)[ids])
 
 
-def test_embed_rejects_bad_ids(key):
-    table = models.embedding_init(key, 7, 3)
-    with pytest.raises(ValueError, match=r"in \[0, 6\]"):
-        models.embed(table, np.array([1, 7], np.int32))
-    with pytest.raises(TypeError, match="integer dtype"):
-        models.embed(table, np.array([1.0, 2.0], np.float32))
-
-
 def test_readouts_match_slicing():
     ys = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
     for n in (1, 4, 6):
@@ -53,8 +45,6 @@ def test_readouts_match_slicing():
     np.testing.assert_array_equal(models.last_valid(ys, 0), np.zeros(3))
     np.testing.assert_array_equal(models.masked_mean(ys, 0), np.zeros(3))
     np.testing.assert_allclose(models.last_valid(ys), ys[-1])
-    with pytest.raises(ValueError, match=r"length must lie in \[0, 6\]"):
-        models.last_valid(ys, 7)
 
 
 def test_shift_right_is_teacher_forcing_input():
@@ -121,20 +111,6 @@ def test_many_to_many_matches_loop_and_zeroes_padding(key):
     np.testing.assert_allclose(got[:4], _dense(params.head, np.stack(ys)), rtol=1e-5,
                                atol=1e-6)
     np.testing.assert_array_equal(got[4:], 0)
-
-
-def test_model_input_errors_are_named(key):
-    with pytest.raises(ValueError, match="leave input_size unset"):
-        models.many_to_one(seqjax.gru(4), 2, input_size=3, vocab_size=9, embed_dim=5)
-    with pytest.raises(ValueError, match="pass input_size"):
-        models.many_to_one(seqjax.gru(4), 2)
-    model = models.many_to_one(seqjax.gru(4), 2, input_size=3)
-    params = model.init(key)
-    with pytest.raises(ValueError, match=r"expected xs of shape \[time, 3\]"):
-        model.apply(params, jnp.ones((5, 4)))
-    tokens = models.many_to_one(seqjax.gru(4), 2, vocab_size=9, embed_dim=5)
-    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 8\]"):
-        tokens.apply(tokens.init(key), np.array([1, 9], np.int32))
 
 
 # ---------------------------------------------------------------------- one to many
@@ -209,9 +185,6 @@ def test_generation_from_context_starts_at_bridge_state(key):
         want.append(token)
     got = model.generate(params, jax.random.PRNGKey(0), context, 8, greedy=True)
     np.testing.assert_array_equal(got, want)
-    _, plain, plain_params = _lm(key)
-    with pytest.raises(ValueError, match="context_size"):
-        plain.generate(plain_params, jax.random.PRNGKey(0), context, 3)
 
 
 # -------------------------------------------------------------------------- seq2seq
@@ -265,15 +238,3 @@ def test_seq2seq_greedy_decode_stops_at_end(key):
     np.testing.assert_array_equal(lengths, want_lengths)
     # the case is only interesting if the lengths differ and some stop early
     assert len(set(want_lengths)) > 1 and min(want_lengths) < max_len
-
-
-def test_seq2seq_configuration_errors():
-    with pytest.raises(ValueError, match="bridge=False"):
-        models.seq2seq(seqjax.gru(3), seqjax.lstm(3), src_vocab=5, tgt_vocab=5, embed_dim=2,
-                       start_id=1, end_id=2, bridge=False)
-    with pytest.raises(TypeError, match="decoder must be a seqjax Cell"):
-        models.seq2seq(seqjax.gru(3), seqjax.bidirectional(seqjax.gru(3), seqjax.gru(3)),
-                       src_vocab=5, tgt_vocab=5, embed_dim=2, start_id=1, end_id=2)
-    with pytest.raises(ValueError, match=r"end_id must be a token id in \[0, 4\]"):
-        models.seq2seq(seqjax.gru(3), seqjax.gru(3), src_vocab=5, tgt_vocab=5, embed_dim=2,
-                       start_id=1, end_id=5)

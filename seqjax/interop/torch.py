@@ -1,7 +1,7 @@
 """PyTorch interop: ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` weights in and out of seqjax.
 
 PyTorch is an optional dependency, imported only when one of these functions runs
-(``pip install torch==2.13.0``).
+(the ``torch`` extra: ``pip install "seqjax[torch]"``).
 
 Weight layout. For layer ``k`` and direction ``d`` PyTorch stores
 ``weight_ih_l{k}[_reverse]`` as ``[G*H, I_k]`` and ``weight_hh_l{k}[_reverse]`` as
@@ -47,10 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax._extras import require
 from seqjax.cells import GRUParams, LSTMParams, LSTMState, RNNParams, gru, lstm, rnn
 from seqjax.compose import BidirectionalParams, bidirectional, stack
 
-_INSTALL = "pip install torch==2.13.0"
 
 # PyTorch's nn.RNNBase.mode -> number of fused gate blocks; -> seqjax params type
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -58,13 +58,7 @@ _PARAMS = {"RNN_TANH": RNNParams, "RNN_RELU": RNNParams, "LSTM": LSTMParams, "GR
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"seqjax.interop.torch needs PyTorch, which is not installed: {_INSTALL}"
-        ) from error
-    return torch
+    return require("torch", "seqjax.interop.torch")
 
 
 class _Spec(NamedTuple):

@@ -28,7 +28,17 @@ def _cells():
         "stack": sj.stack(sj.lstm(H), sj.gru(H), residual=True),
         "stack_mixed": sj.stack(sj.min_gru(H), sj.rnn(3)),
         # -- modern cells I (sLSTM, RG-LRU, S6)
+        # nonzero recurrent blocks (xlstm starts them at zero) so the tests reach R
+        "slstm": sj.slstm(H, num_heads=2, recurrent_init=jax.nn.initializers.normal(0.5)),
+        "rg_lru": sj.rg_lru(H, num_heads=2),
+        "s6": sj.s6(H, state_size=3),
         # -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
+        # gate weights drawn (xlstm starts them at zero) so the tests reach them; the
+        # unroll runs the chunkwise form, apply the step
+        "mlstm": sj.mlstm(H, num_heads=2, gate_init=jax.nn.initializers.normal(0.3)),
+        "delta_net": sj.delta_net(H, num_heads=1),
+        "gated_delta_net": sj.gated_delta_net(H, num_heads=1),
+        "mamba2": sj.mamba2(H, num_heads=2, state_size=3),
     }
 
 
@@ -218,7 +228,9 @@ def test_check_grads_float64(name, x64):
         def step_loss(params, x):
             s, y = cell.apply(params, state, x)
             return jnp.sum(y) + sum(jnp.sum(l) for l in jax.tree_util.tree_leaves(s))
-    check_grads(step_loss, (params, xs[0]), order=2, modes=["rev"], eps=1e-6)
+    # jitted: check_grads evaluates each derivative many times; compiled once each
+    # instead of dispatched op by op
+    check_grads(jax.jit(step_loss), (params, xs[0]), order=2, modes=["rev"], eps=1e-6)
 
     def seq_loss(params, xs, fused=None):
         final, ys = sj.unroll(cell, params, xs, length=4, fused=fused)
@@ -226,10 +238,10 @@ def test_check_grads_float64(name, x64):
 
     # forward mode needs the plain scan; the fused backward is a custom_vjp (reverse
     # mode; its second order is checked in test_fused.py)
-    check_grads(lambda p, x: seq_loss(p, x, False), (params, xs), order=1,
+    check_grads(jax.jit(lambda p, x: seq_loss(p, x, False)), (params, xs), order=1,
                 modes=["fwd", "rev"], eps=1e-6)
     if cell.hoist is not None and cell.hoist.recurrent is not None:
-        check_grads(seq_loss, (params, xs), order=1, modes=["rev"], eps=1e-6)
+        check_grads(jax.jit(seq_loss), (params, xs), order=1, modes=["rev"], eps=1e-6)
 
 
 def test_stack_and_residual_equal_manual_composition():
@@ -330,68 +342,6 @@ def test_recurrent_init_is_orthogonal_per_gate():
     for g in range(4):
         block = np.asarray(params.w_h[:, 6 * g:6 * (g + 1)])
         np.testing.assert_allclose(block.T @ block, np.eye(6), atol=1e-5)
-
-
-# ------------------------------------------------------------------------- bad input
-
-
-def test_bad_inputs_raise_clear_errors():
-    cell = sj.lstm(H)
-    params = cell.init(jax.random.PRNGKey(0), I)
-    with pytest.raises(ValueError, match=r"\[time, 4\].*\(7, 5\)"):
-        sj.unroll(cell, params, jnp.ones((T, 5)))
-    with pytest.raises(ValueError, match=r"rank 3.*unroll_batch"):
-        sj.unroll(cell, params, jnp.ones((2, T, I)))
-    with pytest.raises(TypeError, match="floating dtype.*int32"):
-        sj.unroll(cell, params, jnp.ones((T, I), jnp.int32))
-    with pytest.raises(ValueError, match=r"\[0, 7\]"):
-        sj.unroll(cell, params, jnp.ones((T, I)), length=-1)
-    with pytest.raises(ValueError, match=r"\[0, 7\]"):
-        sj.unroll(cell, params, jnp.ones((T, I)), length=8)
-    with pytest.raises(TypeError, match="integer"):
-        sj.unroll(cell, params, jnp.ones((T, I)), length=2.5)
-    with pytest.raises(ValueError, match=r"lengths: expected shape \[2\]"):
-        sj.unroll_batch(cell, params, jnp.ones((2, T, I)), lengths=jnp.array([1, 2, 3]))
-    with pytest.raises(ValueError, match=r"\[0, 7\]"):
-        sj.unroll_batch(cell, params, jnp.ones((2, T, I)), lengths=jnp.array([1, 9]))
-    with pytest.raises(ValueError, match=r"\[batch, time, 4\]"):
-        sj.unroll_batch(cell, params, jnp.ones((T, I)))
-    with pytest.raises(ValueError, match="state"):
-        sj.unroll(cell, params, jnp.ones((T, I)), jnp.zeros((H,)))  # LSTM needs (h, c)
-    with pytest.raises(ValueError, match="shapes"):
-        sj.unroll(cell, params, jnp.ones((T, I)), sj.LSTMState(jnp.zeros(3), jnp.zeros(3)))
-    with pytest.raises(ValueError, match=r"shape \[4\]"):
-        cell.apply(params, cell.initial_state(params), jnp.ones((2, I)))
-    with pytest.raises(ValueError, match="positive int"):
-        sj.lstm(0)
-    with pytest.raises(ValueError, match="input_size == hidden_size"):
-        sj.lru(4, 8).init(jax.random.PRNGKey(0), 3)
-    with pytest.raises(TypeError, match="Cell"):
-        sj.unroll(lambda p, s, x: (s, x), params, jnp.ones((T, I)))
-
-
-def test_mismatched_stacks_raise():
-    with pytest.raises(ValueError, match="residual.*equal sizes"):
-        sj.stack(sj.gru(4), sj.gru(5), residual=True)
-    cell = sj.stack(sj.gru(4), sj.gru(5))
-    params = cell.init(jax.random.PRNGKey(0), 3)
-    with pytest.raises(ValueError, match="tuple of 2 params"):
-        sj.unroll(cell, params[:1], jnp.ones((T, 3)))
-    wrong = (params[0], sj.gru(5).init(jax.random.PRNGKey(1), 3))  # layer 1 expects 3, gets 4
-    with pytest.raises(ValueError, match="layer 1 params expect 3 input features but layer 0 outputs 4"):
-        sj.unroll(cell, wrong, jnp.ones((T, 3)))
-    with pytest.raises(TypeError, match="part 1"):
-        sj.stack(sj.gru(4), "lstm")
-
-
-def test_errors_are_raised_before_tracing():
-    """The check runs in Python, so a jitted caller fails at trace time with our message,
-    not inside XLA."""
-    cell = sj.gru(H)
-    params = cell.init(jax.random.PRNGKey(0), I)
-    run = jax.jit(lambda xs: sj.unroll(cell, params, xs))
-    with pytest.raises(ValueError, match=r"expected xs of shape \[time, 4\]"):
-        run(jnp.ones((T, 3)))
 
 
 @pytest.mark.parametrize("make", [sj.lstm, sj.gru, sj.mgu, sj.rnn, sj.min_gru, sj.min_lstm])

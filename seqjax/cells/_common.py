@@ -87,7 +87,7 @@ def _hoist(input_map, recurrent: Recurrent) -> Hoist:
     """``Hoist`` whose ``step`` is ``recurrent``'s matmul followed by its ``combine``."""
 
     def step(params, state, u):
-        r = recurrent.hidden(state) @ recurrent.weight(params)
+        r = recurrent.product(recurrent.hidden(state), recurrent.weight(params))
         return recurrent.combine(recurrent.extras(params), state, u, r)
 
     return Hoist(input_map, step, recurrent)

@@ -5,8 +5,8 @@ A :class:`Cell` is a NamedTuple of pure functions in the style of optax's
 ``jax.vmap`` and unroll it with :func:`seqjax.unroll`. Besides its step, a cell may
 state *what it is* -- a gated cell whose input projection leaves the loop
 (:class:`Hoist`, :class:`Recurrent`), a diagonal linear recurrence
-(:class:`LinearRecurrence`), a chunkwise-parallel matrix recurrence -- and the
-unroll decides *how to run it*.
+(:class:`LinearRecurrence`), a chunkwise-parallel matrix recurrence
+(:class:`Chunkwise`) -- and the unroll decides *how to run it*.
 
 Conventions shared by all cells:
 
@@ -52,12 +52,34 @@ class Recurrent(NamedTuple):
       hidden: ``(state) -> h [H_in]``, the part of the state ``W`` multiplies.
       combine: ``(extras, state, u [G], r [G]) -> (state, y)``, elementwise in the
         gates; one example.
+      dtype: the compute dtype of the product (mixed precision): both operands are
+        cast to it and the product accumulates in ``hidden(s)``'s dtype (the
+        state's), see :meth:`product`; ``None`` (default): a plain ``@``. Every
+        unroll path (the step, the fused backward's ``dr @ W.T`` and ``dW``, the
+        Pallas kernel) follows it.
     """
 
     weight: Callable[[Params], Array]
     extras: Callable[[Params], Any]
     hidden: Callable[[State], Array]
     combine: Callable[..., tuple]
+    dtype: Optional[Any] = None
+
+    def product(self, a: Array, b: Array) -> Array:
+        """``a @ b`` in the compute dtype: with ``dtype`` set, both operands are cast to
+        it and the products are accumulated in ``a``'s dtype
+        (``preferred_element_type``); the result has ``a``'s dtype. Without it, plain
+        ``a @ b``."""
+        return _matmul(a, b, self.dtype)
+
+
+def _matmul(a: Array, b: Array, dtype=None) -> Array:
+    """``a @ b`` with ``a`` and ``b`` cast to the compute ``dtype`` and the products
+    accumulated in ``a``'s dtype (``preferred_element_type``); plain ``a @ b`` for
+    ``dtype=None``. The mixed-precision product of every classic cell."""
+    if dtype is None:
+        return a @ b
+    return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=a.dtype)
 
 
 class Hoist(NamedTuple):
@@ -86,6 +108,38 @@ class LinearRecurrence(NamedTuple):
     readout: Callable[[Params, Array, Array], Array]
 
 
+class Chunkwise(NamedTuple):
+    """A matrix-state cell whose recurrence has a chunkwise-parallel form.
+
+    The cell is ``features -> recurrence -> readout``. ``features`` (queries, keys,
+    values and gates of every step) and ``readout`` (output gate, normalisation) are
+    time-parallel; the recurrence over a matrix state ``S_t [heads, d_k, d_v]`` has
+    two forms that compute the same numbers: ``update``/``read``, one step (what
+    ``apply`` streams), and ``chunked``, the whole sequence at once, dense matmuls
+    inside chunks of ``chunk_size`` steps and a short scan carrying the state across
+    chunks (see :mod:`seqjax.chunkwise`). ``apply(p, s, x)`` is
+    ``s' = update(s, f)``, ``y = readout(p, read(s', f), x)`` with ``f = features(p, x)``.
+
+    Attributes:
+      features: ``(params, xs [..., I]) -> f``, a pytree of per-step arrays; any
+        leading axes.
+      update: ``(state, f) -> state``, one step of one example.
+      read: ``(state, f) -> o [heads, d_v]``, what a step reads from the state it
+        produced (``S_t^T q_t`` and its normaliser).
+      chunked: ``(state [B, ...], f [T, B, ...], valid [T, B] or None, chunk_size)
+        -> (state [B, ...], o [T, B, heads, d_v])``; a step where ``valid`` is false
+        leaves the state unchanged.
+      readout: ``(params, o [..., heads, d_v], xs [..., I]) -> ys [..., H]``; any
+        leading axes.
+    """
+
+    features: Callable[[Params, Array], Any]
+    update: Callable[[State, Any], State]
+    read: Callable[[State, Any], Array]
+    chunked: Callable[..., tuple]
+    readout: Callable[[Params, Array, Array], Array]
+
+
 class Cell(NamedTuple):
     """A recurrent cell: pure functions over one example and one time step.
 
@@ -100,7 +154,7 @@ class Cell(NamedTuple):
       linear: set for linear-recurrence cells (associative scan).
       layers: set by :func:`seqjax.stack`; the parts and how they are joined.
       chunkwise: set for matrix-state cells whose recurrence has a
-        chunkwise-parallel form.
+        chunkwise-parallel form (:class:`Chunkwise`).
       name: the constructor's name (``"lstm"``); set by :func:`constructor`.
       config: the constructor's arguments as ``(name, value)`` pairs. Each is also
         readable as an attribute: ``seqjax.lstm(128).hidden_size == 128``.
@@ -114,7 +168,7 @@ class Cell(NamedTuple):
     hoist: Optional[Hoist] = None
     linear: Optional[LinearRecurrence] = None
     layers: Optional["Layers"] = None
-    chunkwise: Optional[Any] = None
+    chunkwise: Optional[Chunkwise] = None
     name: str = ""
     config: tuple = ()
 
@@ -167,6 +221,15 @@ def constructor(fn):
     The result records the constructor's name and arguments (``cell.name``,
     ``cell.config``, and each argument as an attribute), so that it prints as the
     call that made it.
+
+    It also checks its params at every entry: ``input_size``, ``initial_state`` and
+    ``apply`` first compare the params' tree structure, shapes and dtypes with what
+    the model's own ``init`` builds (``jax.eval_shape``, cached), and ``apply``
+    compares a given state with ``initial_state(params)``; a mismatch raises a
+    message naming the cell (the layer of a stack, the direction of a bidirectional
+    model), the field and both shapes (see ``seqjax._checks``). The checks read
+    shapes and dtypes only, so they run the same on tracers and cost nothing in
+    compiled code.
     """
     signature = inspect.signature(fn)
     _SIGNATURES[fn.__name__] = signature
@@ -176,9 +239,45 @@ def constructor(fn):
         model = fn(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        return model._replace(name=fn.__name__, config=tuple(bound.arguments.items()))
+        return _checking(model._replace(name=fn.__name__,
+                                        config=tuple(bound.arguments.items())))
 
     return build
+
+
+def _checking(model):
+    """``model`` whose ``input_size``, ``initial_state`` (and a cell's ``apply``) check
+    the params (and state) they are given before doing anything else."""
+    from seqjax import _checks
+
+    raw_input_size, raw_initial_state, raw_apply = (model.input_size, model.initial_state,
+                                                    model.apply)
+    this = []  # the finished model, which the checks compare against
+
+    def input_size(params):
+        return _checks.cell_params(this[0], params, raw_input_size)
+
+    setattr(input_size, _checks.CHECKED, True)
+
+    def initial_state(params):
+        _checks.params(this[0], params, "initial_state")
+        return raw_initial_state(params)
+
+    def apply(params, state, x):
+        _checks.params(this[0], params, "apply")
+        _checks.state(this[0], params, state, "apply")
+        return raw_apply(params, state, x)
+
+    def apply_sequence(params, xs, state=None, **options):
+        _checks.params(this[0], params, "apply")
+        if state is not None:
+            _checks.state(this[0], params, state, "apply")
+        return raw_apply(params, xs, state, **options)
+
+    this.append(model._replace(
+        input_size=input_size, initial_state=initial_state,
+        apply=apply if isinstance(model, Cell) else apply_sequence))
+    return this[0]
 
 
 def _is_default(value, default) -> bool:
@@ -226,7 +325,10 @@ def _repr(self) -> str:
             parts.extend(f"{k}={_show(v)}" for k, v in value.items())
             continue
         default = parameter.default
-        plain = isinstance(value, (bool, int, float, str)) or value is None
+        # None is shown (it often means "derived from the rest"), except for a compute
+        # dtype, where it means "as the params" and would only add noise
+        plain = (isinstance(value, (bool, int, float, str))
+                 or (value is None and not key.endswith("dtype")))
         if default is inspect.Parameter.empty or plain or not _is_default(value, default):
             parts.append(f"{key}={_show(value)}")
     return f"{name}({', '.join(parts)})"

@@ -5,7 +5,12 @@ both are the same computation, which runs one ``lax.scan`` over time for the who
 batch (the cell, which sees one example, is ``jax.vmap``-ed inside the step). How a
 cell is evaluated is chosen here, from what the cell states about itself:
 
-* linear-recurrence cells (``cell.linear``) run as ``jax.lax.associative_scan``;
+* linear-recurrence cells (``cell.linear``) run as ``jax.lax.associative_scan``, a
+  sequential ``lax.scan`` over their coefficients, or (``pallas=True``, opt-in until
+  measured on a GPU) the Pallas kernel :func:`seqjax.kernels.linear_scan`, by :func:`default_associative` and
+  :func:`default_pallas`;
+* matrix-state cells (``cell.chunkwise``) run in their chunkwise-parallel form
+  (``chunkwise``, ``chunk_size``): matmuls inside chunks, a scan across chunks;
 * gated cells (``cell.hoist``) may compute their input projection for all steps in
   one matmul before the loop (``hoist``), and those whose recurrent weight enters
   through one product (``cell.hoist.recurrent``) get a fused backward pass
@@ -26,6 +31,7 @@ from jax import lax
 
 from seqjax import _checks
 from seqjax.cells import Cell, Hoist, SequenceModel
+from seqjax.chunkwise import default_chunk_size
 
 _tree_map = jax.tree_util.tree_map
 
@@ -56,6 +62,54 @@ def default_fused(batch: int, backend: Optional[str] = None) -> bool:
     return limit is None or batch <= limit
 
 
+# From which length linear-recurrence cells (min_gru, min_lstm, lru, rg_lru, s6) take the
+# associative scan instead of a sequential one, by backend; None: never. XLA:CPU: never --
+# `python -m seqjax.bench.strategies --grid cpu` (docs/bench/strategies_cpu.md; B16, T 64
+# to 4096) found a sequential scan faster than the associative one for every cell, length
+# and mode (forward+backward 0.1x to 0.9x its time). GPU and TPU: UNMEASURED -- the
+# associative scan is the standard choice there (log depth instead of T host-driven loop
+# steps); `benchmarks/gpu.sh` measures it.
+ASSOCIATIVE_MIN_LENGTH_BY_BACKEND = {"cpu": None}
+
+
+def default_associative(length: int, backend: Optional[str] = None) -> bool:
+    """Whether :func:`unroll` evaluates a linear-recurrence cell over ``length`` steps
+    with ``jax.lax.associative_scan`` on ``backend`` (default: JAX's)."""
+    limit = ASSOCIATIVE_MIN_LENGTH_BY_BACKEND.get(backend or jax.default_backend(), 0)
+    return limit is not None and length >= limit
+
+
+# A linear-recurrence cell run sequentially computes its coefficients a, b for all steps
+# first (then lax.scan over them) while they hold at most this many real numbers per step
+# per input feature ("growth"), by backend; above it, it steps through the cell's apply,
+# which computes them inside the loop. XLA:CPU (docs/bench/strategies_cpu.md, forward +
+# backward): precomputing won for min_gru, min_lstm and rg_lru (growth 2 at I = H) and lost
+# for lru (4: complex a, b) and s6 (32: a [H, 16] state). GPU and TPU: UNMEASURED; always
+# (there the associative scan or the Pallas kernel is the default anyway).
+LINEAR_HOIST_MAX_GROWTH_BY_BACKEND = {"cpu": 2.0}
+
+
+def default_linear_hoist(growth: float, backend: Optional[str] = None) -> bool:
+    """Whether a sequential linear recurrence precomputes its coefficients, given their
+    size per step over the input's (``growth``), on ``backend``."""
+    limit = LINEAR_HOIST_MAX_GROWTH_BY_BACKEND.get(backend or jax.default_backend())
+    return limit is None or growth <= limit
+
+
+# Whether linear-recurrence cells run as the Pallas kernel `seqjax.kernels.linear_scan`
+# by default, by backend. Nowhere yet: the kernel has only been run in Pallas interpret
+# mode (CPU); on a GPU it has never been compiled, checked or timed. It is opt-in
+# (`pallas=True`) until `benchmarks/gpu.sh` has compiled it on a GPU, checked it
+# against the plain unroll and measured it faster there; then this table gets
+# {"gpu": True} with the committed docs/bench/gpu.md as its source.
+PALLAS_BY_BACKEND: dict = {}
+
+
+def default_pallas(backend: Optional[str] = None) -> bool:
+    """Whether :func:`unroll` runs linear-recurrence cells with the Pallas kernel."""
+    return PALLAS_BY_BACKEND.get(backend or jax.default_backend(), False)
+
+
 class _Options(NamedTuple):
     """Static unroll options, passed down unchanged through stacks."""
 
@@ -65,6 +119,9 @@ class _Options(NamedTuple):
     hoist: Optional[bool] = None
     associative: Optional[bool] = None
     fused: Optional[bool] = None
+    pallas: Optional[bool] = None
+    chunkwise: Optional[bool] = None
+    chunk_size: Optional[int] = None
 
 
 def unroll(
@@ -81,6 +138,9 @@ def unroll(
     associative: Optional[bool] = None,
     fused: Optional[bool] = None,
     rng=None,
+    pallas: Optional[bool] = None,
+    chunkwise: Optional[bool] = None,
+    chunk_size: Optional[int] = None,
 ):
     """Runs ``cell`` over one sequence.
 
@@ -95,7 +155,10 @@ def unroll(
       length: number of valid steps (int or int scalar array, ``0 <= length <= time``).
         Outputs at padded steps are zero; the final state is the state after the
         last valid step (carried, not gathered from every step's state); gradients
-        w.r.t. padded inputs are exactly zero.
+        w.r.t. padded inputs are exactly zero. A concrete length outside
+        ``[0, time]`` raises; a traced one (under ``jit``/``vmap``) acts as if
+        clipped to ``[0, time]``, and raises only under
+        ``jax.experimental.checkify.checkify``.
       unroll: steps per loop iteration, passed to ``lax.scan``.
       remat: for long sequences: keep the state only every ``k = ceil(sqrt(T))``
         steps and recompute each chunk of ``k`` steps in the backward pass
@@ -103,27 +166,57 @@ def unroll(
         states and activations instead of ``O(T)``, for one more forward pass.
       hoist: compute gated cells' input projection for all steps before the loop.
         ``None`` picks :func:`default_hoist` for the current backend.
-      associative: evaluate linear-recurrence cells (min_gru, min_lstm, lru) with
-        ``jax.lax.associative_scan`` (log depth). ``None`` means yes; ``False``
-        steps through time with the cell's ``apply`` (same numbers).
+      associative: evaluate linear-recurrence cells (min_gru, min_lstm, lru, ...) with
+        ``jax.lax.associative_scan`` (log depth). ``False`` steps through time:
+        ``lax.scan`` over the coefficients ``a, b`` computed for all steps at once
+        (``hoist=True``), or over the cell's ``apply`` (``hoist=False``), same numbers;
+        ``hoist=None`` picks :func:`default_linear_hoist`. ``None`` picks
+        :func:`default_associative` for the length and backend.
       fused: give cells with a :class:`~seqjax.Recurrent` form (rnn, lstm, the
         reset-after gru and mgu) the fused backward pass described in the module
         docstring. ``None`` picks :func:`default_fused` for the batch size and
         backend (always, for one sequence; with ``remat``, inside each chunk). It
-        is a ``jax.custom_vjp``, so forward-mode differentiation (``jax.jvp``,
-        ``jax.jacfwd``, ``jax.hessian``) needs ``fused=False``; reverse mode of any
-        order works.
+        is a ``jax.custom_vjp``, so forward-mode differentiation of the unroll
+        (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) needs ``fused=False``;
+        reverse mode of any order works, and so does forward over reverse
+        (``jax.hessian``). Outside ``jit`` a forward-mode pass raises a ``TypeError``
+        that says so; inside ``jit`` JAX raises its own "can't apply forward-mode
+        autodiff (jvp) to a custom_vjp function" while compiling, and its traceback
+        points at the line that names ``fused=False``.
       rng: PRNG key for the dropout between stacked layers; ``None`` disables
         dropout (inference).
+      pallas: run linear-recurrence cells with the Pallas kernel
+        :func:`seqjax.kernels.linear_scan` (the time loop inside one kernel; in
+        Pallas interpret mode off GPU, which is slow and meant for tests), and gated
+        cells with a :class:`~seqjax.Recurrent` form with
+        :func:`seqjax.kernels.fused_recurrent` (the recurrent weight loaded once per
+        launch; small hidden sizes only). ``None`` picks :func:`default_pallas` for
+        linear cells, unless ``associative`` is given, and never the gated kernel.
+        Both kernels are ``jax.custom_vjp``s (reverse mode only) and are unverified
+        on a real GPU.
+      chunkwise: evaluate matrix-state cells (mlstm, delta_net, gated_delta_net,
+        mamba2: those with ``cell.chunkwise``) in their chunkwise-parallel form:
+        dense matmuls inside chunks of ``chunk_size`` steps and a scan over chunks
+        carrying the state (:mod:`seqjax.chunkwise`); the backward pass stores one
+        ``[d_k, d_v]`` state per chunk and head, not per step. ``None`` means yes;
+        ``False`` steps through time with the cell's ``apply`` (same numbers).
+      chunk_size: steps per chunk of the chunkwise form, a positive int (cut to the
+        sequence length when longer; an uneven last chunk is padded with steps that
+        leave the state unchanged). ``None`` picks
+        :func:`seqjax.chunkwise.default_chunk_size` for the backend.
 
     Returns:
       ``(final_state, ys)`` with ``ys [time, output_size]``.
     """
-    options = _Options(reverse, unroll, remat, hoist, associative, fused)
+    options = _Options(reverse, unroll, remat, hoist, associative, fused, pallas=pallas,
+                       chunkwise=chunkwise, chunk_size=chunk_size)
     if isinstance(cell, SequenceModel):
         if reverse:
             raise ValueError("reverse=True is not defined for a SequenceModel (a "
                              "bidirectional model already runs both ways)")
+        _checks.params(cell, params, "unroll")
+        if state is not None:
+            _checks.state(cell, params, state, "unroll")
         if not _vmapped_here((params, xs, state, length, rng)):
             return cell.apply(params, xs, state, length=length, rng=rng,
                               **options._replace(reverse=False)._asdict())
@@ -133,13 +226,13 @@ def unroll(
         return _batch_when_vmapped(cell, options, params, xs, state, length, rng)
     if not isinstance(cell, Cell):
         raise TypeError(f"unroll expects a seqjax Cell or SequenceModel, got {type(cell).__name__}")
-    _checks.sequence(xs, cell.input_size(params))
+    _checks.sequence(xs, _checks.params(cell, params, "unroll"))
     length = _checks.length(length, xs.shape[0])
     initial = cell.initial_state(params)
     if state is None:
         state = initial
     else:
-        _checks.state_like(state, initial)
+        _checks.state_like(state, initial, "unroll")
     return _batch_when_vmapped(cell, options, params, xs, state, length, rng)
 
 
@@ -238,10 +331,11 @@ def unroll_batch(cell, params, xs, state=None, *, lengths=None, rng=None, **opti
       xs: ``[batch, time, input_size]``.
       state: ``None`` (every example starts from ``cell.initial_state``) or a state
         with a leading batch axis.
-      lengths: ``None`` or ``[batch]`` integer valid lengths.
+      lengths: ``None`` or ``[batch]`` integer valid lengths (checked as ``length``
+        in :func:`unroll`).
       rng: dropout key, split across the batch.
       **options: forwarded to :func:`unroll` (``reverse``, ``unroll``, ``remat``,
-        ``hoist``, ``associative``, ``fused``).
+        ``hoist``, ``associative``, ``fused``, ``chunkwise``, ``chunk_size``).
 
     Returns:
       ``(final_state, ys)``: states with a leading batch axis and
@@ -258,18 +352,14 @@ def unroll_batch(cell, params, xs, state=None, *, lengths=None, rng=None, **opti
     if isinstance(cell, SequenceModel) and options.reverse:
         raise ValueError("reverse=True is not defined for a SequenceModel (a bidirectional "
                          "model already runs both ways)")
-    _checks.batch(xs, cell.input_size(params))
+    _checks.batch(xs, _checks.params(cell, params, "unroll_batch"))
     batch, time = xs.shape[:2]
     lengths = _checks.length(lengths, time, shape=(batch,), name="lengths")
     initial = cell.initial_state(params)
     if state is None:
         state = _tree_map(lambda s: jnp.broadcast_to(s, (batch,) + s.shape), initial)
     else:
-        _checks.state_like(_tree_map(lambda s: s[0], state), initial)
-        for leaf in jax.tree_util.tree_leaves(state):
-            if leaf.shape[0] != batch:
-                raise ValueError(f"unroll_batch: state needs a leading batch axis of {batch}, "
-                                 f"got shape {tuple(leaf.shape)}")
+        _checks.state_like(state, initial, "unroll_batch", batch=batch)
     keys = None if rng is None else jax.random.split(rng, batch)
     final, ys = run(cell, params, jnp.swapaxes(xs, 0, 1), state, lengths=lengths, keys=keys,
                     options=options)
@@ -294,6 +384,8 @@ def run(cell, params, xs, state, *, lengths, keys, options: _Options):
     Returns:
       ``(final_state [batch, ...], ys [time, batch, output_size])``.
     """
+    if options.chunk_size is not None:
+        _checks.positive_int(options.chunk_size, "chunk_size")
     if isinstance(cell, SequenceModel):
         return cell.batched(params, xs, state, lengths=lengths, keys=keys, **options._asdict())
     if cell.layers is not None:
@@ -328,9 +420,38 @@ def _run_cell(cell: Cell, params, xs, state, lengths, options: _Options):
     def evaluate(xs, state, valid):
         return _evaluate(cell, params, xs, state, valid, options)
 
-    if options.remat and xs.shape[0] > 1:
-        return _checkpointed_chunks(evaluate, xs, state, valid, options.reverse)
-    return evaluate(xs, state, valid)
+    try:
+        if options.remat and xs.shape[0] > 1:
+            return _checkpointed_chunks(evaluate, xs, state, valid, options.reverse)
+        return evaluate(xs, state, valid)
+    except TypeError as error:
+        if _FORWARD_MODE_ERROR not in str(error):
+            raise
+        raise TypeError(_forward_mode_message(cell, xs.shape[1], options)) from None
+
+
+# What JAX says when forward-mode autodiff meets a ``jax.custom_vjp`` (the fused backward
+# pass, the Pallas kernels). Under ``jit`` JAX raises it while compiling, after unroll has
+# returned, so only the eager case can be renamed here; the line that calls the custom_vjp
+# (in ``_fused``) carries the same advice, which JAX's traceback shows.
+_FORWARD_MODE_ERROR = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
+
+
+def _forward_mode_message(cell, batch: int, options: _Options) -> str:
+    name = getattr(cell, "name", "") or "the cell"
+    if options.pallas or getattr(cell, "linear", None) is not None:
+        how = (("pallas=True runs" if options.pallas else "pallas=None (seqjax.default_pallas "
+                "on this backend) runs") + " it as a Pallas kernel whose backward pass is a "
+               "jax.custom_vjp; pass pallas=False")
+    else:
+        picked = ("fused=True" if options.fused else
+                  f"fused=None picked it by default for a batch of {batch} "
+                  "(seqjax.default_fused)")
+        how = (f"{picked}: its cuDNN-style backward pass is a jax.custom_vjp; pass "
+               "fused=False")
+    return (f"unroll: forward-mode differentiation (jax.jvp, jax.jacfwd, jax.linearize) "
+            f"cannot go through {name}'s unroll: {how} to unroll/unroll_batch for forward "
+            "mode (same numbers; reverse mode works either way)")
 
 
 def _checkpointed_chunks(evaluate, xs, state, valid, reverse):
@@ -362,11 +483,17 @@ def _checkpointed_chunks(evaluate, xs, state, valid, reverse):
 
 def _evaluate(cell: Cell, params, xs, state, valid, options: _Options):
     """One unroll of ``cell`` over masked ``xs [T, B, F]``, by the cell's best strategy."""
-    if cell.linear is not None and options.associative is not False:
-        return _associative(cell.linear, params, xs, state, options.reverse, valid)
+    if cell.chunkwise is not None and options.chunkwise is not False:
+        return _chunkwise(cell.chunkwise, params, xs, state, valid, options)
+    if cell.linear is not None:
+        scan = _linear_scan(options, xs.shape[0], lambda: _growth(cell.linear, params, xs))
+        if scan is not None:
+            return _associative(cell.linear, params, xs, state, options.reverse, valid, scan)
 
     hoist = cell.hoist is not None and (default_hoist() if options.hoist is None
                                         else options.hoist)
+    if options.pallas and cell.hoist is not None and cell.hoist.recurrent is not None:
+        return _pallas_recurrent(cell.hoist, params, xs, state, valid, options.reverse)
     fused = default_fused(xs.shape[1]) if options.fused is None else options.fused
     if cell.hoist is not None and cell.hoist.recurrent is not None and fused:
         return _fused(cell.hoist, params, xs, state, valid, options.reverse, options.unroll,
@@ -394,12 +521,64 @@ def _evaluate(cell: Cell, params, xs, state, valid, options: _Options):
                     unroll=options.unroll)
 
 
-def _associative(linear, params, xs, h0, reverse, valid):
-    a, b = linear.coefficients(params, xs)  # [T, B, N]
+def _chunkwise(form, params, xs, state, valid, options: _Options):
+    """A matrix-state cell's chunkwise-parallel unroll (:mod:`seqjax.chunkwise`).
+
+    ``reverse`` runs the flipped sequence forward: padded steps, then at the front,
+    leave the state as it is, so only the valid prefix is read, from its end.
+    """
+    chunk_size = default_chunk_size() if options.chunk_size is None else options.chunk_size
+    if options.reverse:
+        xs = xs[::-1]
+        valid = None if valid is None else valid[::-1]
+    final, o = form.chunked(state, form.features(params, xs), valid, chunk_size)
+    ys = form.readout(params, o, xs)
+    if valid is not None:
+        ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
+    return final, ys[::-1] if options.reverse else ys
+
+
+def _associative(linear, params, xs, h0, reverse, valid, scan=None):
+    a, b = linear.coefficients(params, xs)  # [T, B, *state]
     if valid is not None:
         # padded steps leave the state as it is: h = 1 * h + 0
-        a = jnp.where(valid[..., None], a, jnp.ones((), a.dtype))
-        b = jnp.where(valid[..., None], b, jnp.zeros((), b.dtype))
+        ok = valid.reshape(valid.shape + (1,) * (a.ndim - 2))
+        a = jnp.where(ok, a, jnp.ones((), a.dtype))
+        b = jnp.where(ok, b, jnp.zeros((), b.dtype))
+    hs = (scan or _associative_scan)(a, b, h0, reverse)
+    ys = linear.readout(params, hs, xs)
+    if valid is not None:
+        ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
+    return hs[0 if reverse else -1], ys
+
+
+def _linear_scan(options: _Options, time: int, growth=None):
+    """How a linear-recurrence cell runs over ``time`` steps: a function
+    ``(a, b, h0, reverse) -> hs``, or ``None`` to step through ``cell.apply``.
+    ``growth()`` gives the coefficients' size over the inputs' (see
+    :func:`default_linear_hoist`); ``None``: precompute them."""
+    if options.pallas or (options.pallas is None and options.associative is None
+                          and default_pallas()):
+        return _pallas_scan
+    if default_associative(time) if options.associative is None else options.associative:
+        return _associative_scan
+    hoist = options.hoist
+    if hoist is None:
+        hoist = growth is None or default_linear_hoist(growth())
+    return functools.partial(_sequential_scan, unroll=options.unroll) if hoist else None
+
+
+def _growth(linear, params, xs) -> float:
+    """Real numbers in one step's coefficients ``a, b`` per input feature (traced only)."""
+    def real(s):
+        return math.prod(s.shape) * (2 if jnp.issubdtype(s.dtype, jnp.complexfloating) else 1)
+
+    a, b = jax.eval_shape(linear.coefficients, params, xs[:1, :1])
+    return (real(a) + real(b)) / max(1, math.prod(xs.shape[2:]))
+
+
+def _associative_scan(a, b, h0, reverse):
+    """``h_t = a_t * h_{t-1} + b_t`` by ``lax.associative_scan`` (log depth)."""
     first = -1 if reverse else 0
     b = b.at[first].add(a[first] * h0)
 
@@ -408,11 +587,30 @@ def _associative(linear, params, xs, h0, reverse, valid):
         a2, b2 = later
         return a1 * a2, a2 * b1 + b2
 
-    _, hs = lax.associative_scan(combine, (a, b), reverse=reverse)
-    ys = linear.readout(params, hs, xs)
-    if valid is not None:
-        ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
-    return hs[0 if reverse else -1], ys
+    return lax.associative_scan(combine, (a, b), reverse=reverse)[1]
+
+
+def _sequential_scan(a, b, h0, reverse, unroll=1):
+    """The same recurrence by ``lax.scan`` over the precomputed coefficients."""
+
+    def step(h, ab):
+        h = ab[0] * h + ab[1]
+        return h, h
+
+    return lax.scan(step, h0, (a, b), reverse=reverse, unroll=unroll)[1]
+
+
+def _pallas_recurrent(hoist: Hoist, params, xs, state, valid, reverse):
+    from seqjax.kernels import fused_recurrent
+
+    return fused_recurrent(hoist.recurrent, params, hoist.input_map(params, xs), state,
+                           valid=valid, reverse=reverse)
+
+
+def _pallas_scan(a, b, h0, reverse):
+    from seqjax.kernels import linear_scan
+
+    return linear_scan(a, b, h0, reverse=reverse)
 
 
 # ------------------------------------------------------------------- fused backward
@@ -452,6 +650,10 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
     ``dW = sum_t hidden(s_{t-1}).T @ dr_t`` and the input map's gradients (``dW_i``,
     ``db``, ``dx``) are each one matmul over all ``(t, b)``, instead of ``T`` small
     matmuls accumulated inside the loop.
+
+    With a compute dtype (``rec.dtype``, mixed precision) every one of these matmuls
+    -- the forward ``hidden(s) @ W``, the backward ``dr_t @ W.T`` and ``dW`` -- casts
+    its operands to it and accumulates in the state's dtype (:meth:`Recurrent.product`).
     """
     rec = hoist.recurrent
     input_map = hoist.input_map
@@ -464,12 +666,14 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
 
     def forward(params, xs, state, valid, save):
         weight, extras = rec.weight(params), rec.extras(params)
+        if rec.dtype is not None:  # cast once, not every step
+            weight = weight.astype(rec.dtype)
         inputs = input_map(params, xs) if hoisted else xs
 
         def body(s, inp):
             x, ok = inp
             u = x if hoisted else input_map(params, x)
-            r = hidden(s) @ weight
+            r = rec.product(hidden(s), weight)
             new, y = combine(extras, s, u, r)
             if ok is not None:
                 new, y = _where_batch(ok, new, s), _zero_where_not(ok, y)
@@ -505,7 +709,7 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
         params, xs, state, ys, kept, pre, valid = residuals
         d_final, d_ys = cotangents
         weight, extras = rec.weight(params), rec.extras(params)
-        weight_t = weight.T
+        weight_t = weight.T if rec.dtype is None else weight.T.astype(rec.dtype)
         states = previous_states(state, ys, kept)
         if facts.adds:
             def step(e, s, g):
@@ -524,7 +728,7 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
                 ds_step = ds
             de, ds_prev, *d_pre = vjp((ds_step, dy))
             _, hidden_vjp = jax.vjp(hidden, s)
-            (dh,) = hidden_vjp(d_pre[-1] @ weight_t)  # d_pre[-1] is dr (or dg)
+            (dh,) = hidden_vjp(rec.product(d_pre[-1], weight_t))  # d_pre[-1]: dr (or dg)
             ds_prev = _tree_map(jnp.add, ds_prev, dh)
             if ok is not None:  # a padded step passes the state (and its gradient) through
                 ds_prev = _tree_map(lambda a, d: a + _zero_where_not(~ok, d), ds_prev, ds)
@@ -536,7 +740,7 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
             reverse=not reverse, unroll=unroll)
         dus, drs = d_pre[0], d_pre[-1]
         hs = hidden(_tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), states))  # [T*B, H]
-        d_weight = hs.T @ drs.reshape(-1, drs.shape[-1])
+        d_weight = rec.product(hs.T, drs.reshape(-1, drs.shape[-1]))
         _, rec_vjp = jax.vjp(lambda p: (rec.weight(p), rec.extras(p)), params)
         (d_params_rec,) = rec_vjp((d_weight.astype(weight.dtype), d_extras))
         _, in_vjp = jax.vjp(input_map, params, xs)
@@ -544,7 +748,7 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
         return _tree_map(jnp.add, d_params_in, d_params_rec), d_xs, d_state, None
 
     fused_scan.defvjp(fused_fwd, fused_bwd)
-    return fused_scan(params, xs, state, valid)
+    return fused_scan(params, xs, state, valid)  # forward mode (jax.jvp): fused=False
 
 
 # ------------------------------------------------------------------------- layers

@@ -33,9 +33,11 @@ def tiny_run(tmp_path_factory):
 def test_runs_and_writes_every_file(tiny_run):
     code, out, data = tiny_run
     assert code == 0
-    for name in ("bench.json", "bench.md", "throughput_vs_length.png",
-                 "throughput_vs_batch.png", "params.png"):
+    for name in ("bench.json", "bench.md", "params.png"):
         assert (out / name).stat().st_size > 0, name
+    # the tiny grid has one T and one B: no throughput figure against either
+    # (tests/test_bench_report.py draws them from a grid that has two)
+    assert not list(out.glob("throughput_vs_*.png"))
     with open(out / "params.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     meta = data["meta"]

@@ -55,7 +55,7 @@ class Base:
     torch_params: Optional[Callable[[int, int], int]] = None  # (I, H) -> PyTorch count
     torch_text: str = ""
     torch_module: str = ""  # nn.RNN / nn.LSTM / nn.GRU
-    option: str = ""  # "hoist" or "associative": the unroll option that matters
+    option: str = ""  # "hoist", "associative" or "chunkwise": the unroll option that matters
     fusable: bool = False  # has seqjax's fused backward (fused=True/False both exist)
 
 
@@ -97,8 +97,82 @@ BASES = {
         lambda I, H, N: 2 * N * I + 2 * H * N + H + 3 * N, "2NI+2HN+H+3N",
         option="associative"),
     # -- modern cells I (sLSTM, RG-LRU, S6)
+    # Counts below use the constructors' defaults: sLSTM 4 heads (xlstm's), RG-LRU 1 head,
+    # S6 N = 16 and R = ceil(H / 16) = -(-H // 16) (Mamba's).
+    # sLSTM: input matmul 2 I 4H, per-head recurrent matmul
+    # 2 H 4H / heads (the fused backward multiplies by the dense [H, 4H] matrix; the count
+    # is the block-diagonal product); elementwise 25H: bias 4H, u + r 4H, log sigmoid,
+    # log f + m, max, where (m 3H), two exp with their subtractions 4H, tanh, c 3H, n 2H,
+    # sigmoid, h = o c / n 2H.
+    "slstm": Base(
+        "slstm", lambda H, N, dt: seqjax.slstm(H, param_dtype=dt),
+        lambda I, H, N: 2 * I * 4 * H + 2 * H * 4 * H // 4,
+        lambda I, H, N: 25 * H,
+        lambda I, H, N: 4 * H * I + 4 * H * H // 4 + 4 * H,
+        "4HI+4H^2/heads+4H (4 heads)", option="hoist", fusable=True),
+    # RG-LRU, 1 head (dense gates; I = H): two gate matmuls 2 * 2 I H / heads;
+    # elementwise 17H: 2 biases, 2 sigmoids, softplus(-Lambda) 2H, c r softplus 2H,
+    # exp(log a), exp(2 log a) 2H, 1 - a^2, sqrt, i x, scale * (i x), a h + b 2H.
+    "rg_lru": Base(
+        "rg_lru", lambda H, N, dt: seqjax.rg_lru(H, param_dtype=dt),
+        lambda I, H, N: 2 * 2 * I * H, lambda I, H, N: 17 * H,
+        lambda I, H, N: 2 * I * H + 3 * H, "2H^2/heads+3H (1 head)",
+        option="associative"),
+    # S6 with Mamba's N = 16 per channel (the bench's N, --lru-state, is not used) and
+    # R = ceil(H / 16): Delta's low-rank projection 2HR + 2RH, B and C 2 * 2HN, readout
+    # h C 2HN; elementwise 5HN + 5H: Delta A, exp, (Delta x) B, a h + b 2HN; b_Delta,
+    # softplus, Delta x, D x, + D x.
+    "s6": Base(
+        "s6", lambda H, N, dt: seqjax.s6(H, param_dtype=dt),
+        lambda I, H, N: 4 * H * -(-H // 16) + 6 * H * 16,
+        lambda I, H, N: 5 * H * 16 + 5 * H,
+        lambda I, H, N: 3 * H * 16 + 2 * H * -(-H // 16) + 2 * H,
+        "3HN+2HR+2H (N=16, R=ceil(H/16))", option="associative"),
     # -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
+    # The constructors' defaults: h = max(1, H // 64) heads of d = H / h channels (d_k =
+    # d_v = d, so h d^2 = H^2 / h and h d = H); Mamba-2 with N = 64 (its own state size;
+    # --lru-state is not used). Counted per step of the sequential recurrence (the
+    # chunkwise form does more: the masked [L, L] products inside each chunk).
+    # mLSTM: projections q, k, v, o 4 * 2IH, gates 2 * 2Ih; reads C^T q, n^T q 2H^2/h + 2H.
+    # Elementwise 4H^2/h + 16H + 10h: C update (f C, i k v^T, the outer product, add),
+    # n 4H, gates ~10 per head, q scale H, head norm 7H, output gate 4H.
+    "mlstm": Base(
+        "mlstm", lambda H, N, dt: seqjax.mlstm(H, param_dtype=dt),
+        lambda I, H, N: (8 * I * H + 4 * I * max(1, H // 64) + 2 * H * H // max(1, H // 64)
+                         + 2 * H),
+        lambda I, H, N: 4 * H * H // max(1, H // 64) + 16 * H + 10 * max(1, H // 64),
+        lambda I, H, N: 4 * I * H + 2 * I * max(1, H // 64) + 2 * max(1, H // 64) + 2 * H,
+        "4IH+2Ih+2h+2H (h=max(1,H//64) heads)", option="chunkwise"),
+    # DeltaNet: projections q, k, v, g 4 * 2IH, beta 2Ih; S^T k and S^T q 2 * 2H^2/h.
+    # Elementwise 2H^2/h + 19H + h: outer product and add, v - S^T k and beta 2H, silu
+    # 3H, two L2 norms 6H, q scale H, RMSNorm 5H, silu gate 2H, beta's sigmoid.
+    "delta_net": Base(
+        "delta_net", lambda H, N, dt: seqjax.delta_net(H, param_dtype=dt),
+        lambda I, H, N: 8 * I * H + 2 * I * max(1, H // 64) + 4 * H * H // max(1, H // 64),
+        lambda I, H, N: 2 * H * H // max(1, H // 64) + 19 * H + max(1, H // 64),
+        lambda I, H, N: 4 * I * H + I * max(1, H // 64) + H // max(1, H // 64),
+        "4IH+Ih+H/h (h=max(1,H//64) heads)", option="chunkwise"),
+    # Gated DeltaNet: DeltaNet plus alpha: 2Ih matmul; alpha S H^2/h and the gate (bias,
+    # softplus, exp(a_log), product, exp) 5 per head.
+    "gated_delta_net": Base(
+        "gated_delta_net", lambda H, N, dt: seqjax.gated_delta_net(H, param_dtype=dt),
+        lambda I, H, N: 8 * I * H + 4 * I * max(1, H // 64) + 4 * H * H // max(1, H // 64),
+        lambda I, H, N: 3 * H * H // max(1, H // 64) + 19 * H + 6 * max(1, H // 64),
+        lambda I, H, N: (4 * I * H + 2 * I * max(1, H // 64) + 2 * max(1, H // 64)
+                         + H // max(1, H // 64)),
+        "4IH+2Ih+2h+H/h (h=max(1,H//64) heads)", option="chunkwise"),
+    # Mamba-2 (N = 64, P = H/h): projections x, z 2 * 2IH, B, C 2 * 2IN, Delta 2Ih; read
+    # C^T S 2NH. Elementwise 3NH + 11H + 2N + 4h: decay, outer product, add 3NH; silu x,
+    # B, C; softplus, Delta A, exp; Delta x; D x and add; silu z and product; RMSNorm.
+    "mamba2": Base(
+        "mamba2", lambda H, N, dt: seqjax.mamba2(H, param_dtype=dt),
+        lambda I, H, N: 4 * I * H + 4 * I * 64 + 2 * I * max(1, H // 64) + 2 * 64 * H,
+        lambda I, H, N: 3 * 64 * H + 11 * H + 2 * 64 + 4 * max(1, H // 64),
+        lambda I, H, N: 2 * I * H + 2 * I * 64 + I * max(1, H // 64) + 3 * max(1, H // 64) + H,
+        "2IH+2IN+Ih+3h+H (N=64, h=max(1,H//64) heads)", option="chunkwise"),
 }
+
+MATRIX_CELLS = ("mlstm", "delta_net", "gated_delta_net", "mamba2")
 
 DEFAULT_CELLS = ("rnn", "lstm", "gru", "gru_rb", "mgu", "min_gru", "min_lstm", "lru", "lstm_x2")
 
@@ -112,7 +186,14 @@ CELL_HELP = {
     "min_lstm": "minLSTM (associative scan)",
     "lru": "linear recurrent unit, state N = H unless --lru-state",
     # -- modern cells I (sLSTM, RG-LRU, S6)
+    "slstm": "sLSTM (xLSTM), 4 heads, fused backward",
+    "rg_lru": "RG-LRU (Griffin), associative scan; input = hidden",
+    "s6": "S6 (Mamba), state [H, 16], associative scan; input = hidden",
     # -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
+    "mlstm": "mLSTM (xLSTM), heads of 64, chunkwise-parallel form",
+    "delta_net": "DeltaNet, heads of 64, chunkwise-parallel form (WY / UT transform)",
+    "gated_delta_net": "Gated DeltaNet, heads of 64, chunkwise-parallel form",
+    "mamba2": "Mamba-2 SSD core, heads of 64, N = 64, chunkwise-parallel form",
 }
 
 
@@ -203,6 +284,11 @@ GRIDS = {
         warmup=3, repeats=20),
     # the CPU comparison points of the README's performance table
     "targets": dict(parts=TARGETS, warmup=2, repeats=10),
+    # the matrix-state cells' sweep (issue 12): run with --chunkwise both to time the
+    # chunkwise form beside the plain scan over apply
+    "matrix": dict(parts=(GridPart(MATRIX_CELLS, (8,), (512, 1024, 2048, 4096, 8192), (64,),
+                                   ("float32",), "matrix-state cells, T = 512 ... 8192"),),
+                   warmup=1, repeats=5),
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

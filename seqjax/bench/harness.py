@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
+from seqjax import _cli
 from seqjax.bench import cells as cells_mod
 from seqjax.bench import peers as peers_mod
 from seqjax.bench import report
@@ -50,18 +51,34 @@ _CHOICES = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}
 
 
 def variants(spec, hoist: str, associative: str, unroll: int, fused: str = "auto",
-             batch: int = 1):
+             batch: int = 1, chunkwise: str = "auto", chunk_sizes=None, length: int = 0):
     """The unroll options to measure for ``spec``: ``[(label, options), ...]``.
 
     Gated cells vary ``hoist`` (and, where the cell has a fused backward, ``fused``);
-    linear-recurrence cells vary ``associative``. ``"auto"`` leaves an option to
-    seqjax's default and labels the row with what that default resolved to.
+    linear-recurrence cells vary ``associative``; matrix-state cells vary
+    ``chunkwise`` (and, when on, every size in ``chunk_sizes``). ``"auto"`` leaves an
+    option to seqjax's default and labels the row with what that default resolved to.
     """
-    if spec.base.option != "hoist":
+    if spec.base.option == "chunkwise":
+        out = []
+        for v in _CHOICES[chunkwise]:
+            if v is False:
+                out.append(("chunkwise=off (scan)", {"chunkwise": False}))
+                continue
+            for size in chunk_sizes or (None,):
+                opts = {} if v is None else {"chunkwise": True}
+                if size is not None:
+                    opts["chunk_size"] = size
+                shown = seqjax.default_chunk_size() if size is None else size
+                out.append((f"chunkwise=on,chunk={shown}", opts))
+    elif spec.base.option != "hoist":
         out = []
         for v in _CHOICES[associative]:
             opts = {} if v is None else {"associative": v}
-            out.append((f"assoc={'off' if v is False else 'on'}", opts))
+            on = seqjax.default_associative(length) if v is None else v
+            label = ("pallas" if v is None and seqjax.default_pallas()
+                     else f"assoc={'on' if on else 'off'}")
+            out.append((label, opts))
     else:
         can_fuse = spec.base.fusable
         out = []
@@ -123,7 +140,7 @@ def _fail(row, status, error):
 
 
 def run_case(case: Case, *, peers, modes, warmup, repeats, hoist="auto", associative="auto",
-             unroll=1, fused="auto", on_step=None):
+             unroll=1, fused="auto", chunkwise="auto", chunk_sizes=None, on_step=None):
     """Measures seqjax and every applicable peer on one case; returns the rows."""
     spec = cell_spec(case.cell)
     dtype = DTYPES[case.dtype]
@@ -142,7 +159,8 @@ def run_case(case: Case, *, peers, modes, warmup, repeats, hoist="auto", associa
         build_error = None
     except Exception as e:  # e.g. an unsupported dtype: report it on the row, keep going
         build_error = e
-    for label, opts in variants(spec, hoist, associative, unroll, fused, case.batch):
+    for label, opts in variants(spec, hoist, associative, unroll, fused, case.batch,
+                                chunkwise, chunk_sizes, length=case.length):
         for mode in modes:
             step(f"{case.cell} seqjax {mode}")
             row = _row(case, spec, "seqjax", mode, label, "seqjax.unroll_batch", device)
@@ -168,9 +186,9 @@ def run_case(case: Case, *, peers, modes, warmup, repeats, hoist="auto", associa
         rows.extend(peer_rows)
         step(f"{case.cell} {peer}")
         try:
-            if peer == "torch":
-                fwd_call, fwdbwd_call, sync, mem_kind, count = peers_mod.build_torch(
-                    spec.base.name, spec.layers, case, case.dtype, np.asarray(
+            if peer in peers_mod.EAGER:
+                fwd_call, fwdbwd_call, sync, mem_kind, count = peers_mod.build_eager(
+                    peer, spec.base.name, spec.layers, case, case.dtype, np.asarray(
                         xs.astype(jnp.float32)))
                 for row, mode in zip(peer_rows, modes):
                     call = fwd_call if mode == "fwd" else fwdbwd_call
@@ -207,6 +225,14 @@ def run_case(case: Case, *, peers, modes, warmup, repeats, hoist="auto", associa
                 ok = row["median_ms"] is not None and other["median_ms"] is not None
                 row["ratios"][other["impl"]] = (row["median_ms"] / other["median_ms"]
                                                 if ok else None)
+    # matrix-state cells: the chunkwise form's time / the plain scan's, same mode
+    scans = {r["mode"]: r for r in rows
+             if r["impl"] == "seqjax" and r["options"].startswith("chunkwise=off")}
+    for row in rows:
+        scan = scans.get(row["mode"])
+        if scan is not None and row["impl"] == "seqjax" and row is not scan:
+            ok = row["median_ms"] is not None and scan["median_ms"] is not None
+            row["ratios"]["scan"] = row["median_ms"] / scan["median_ms"] if ok else None
     return rows
 
 
@@ -272,7 +298,8 @@ def metadata(args, argv, memory_kind):
     versions = {name: _version(dist) for name, dist in (
         ("seqjax", "seqjax"), ("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"),
         ("optax", "optax"), ("torch", "torch"), ("equinox", "equinox"),
-        ("haiku", "dm-haiku"), ("numpy", "numpy"), ("matplotlib", "matplotlib"))}
+        ("haiku", "dm-haiku"), ("numpy", "numpy"), ("matplotlib", "matplotlib"),
+        ("memax", "memax"), ("xlstm", "xlstm"), ("recurrentgemma", "recurrentgemma"))}
     versions["python"] = platform.python_version()
     return dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -283,6 +310,7 @@ def metadata(args, argv, memory_kind):
         xla_flags=os.environ.get("XLA_FLAGS"), versions=versions, memory_kind=memory_kind,
         default_hoist=seqjax.default_hoist(),
         default_fused_max_batch=FUSED_MAX_BATCH_BY_BACKEND.get(jax.default_backend()),
+        default_chunk_size=seqjax.default_chunk_size(),
         argv=list(argv), grid=args.grid,
         warmup=args.warmup, repeats=args.repeats, peers=list(args.peers), modes=list(args.modes),
         flop_convention=cells_mod.__doc__.split("\n\n", 1)[1].strip())
@@ -300,28 +328,35 @@ def _names(text):
 
 
 def parser():
-    p = argparse.ArgumentParser(
+    p = _cli.ArgumentParser(
         prog="seqjax bench",
         description="Time seqjax cells (forward and forward+backward) against Flax, Equinox, "
                     "Haiku, PyTorch and jax.experimental.rnn; write JSON, a markdown table "
                     "and plots.")
     p.add_argument("--grid", choices=sorted(cells_mod.GRIDS), default="quick",
                    help="preset grid (default quick: about 2 minutes on 2 CPU cores)")
-    p.add_argument("--cells", type=_names, default=None,
+    p.add_argument("--cells", type=_cli.choice_list, default=None,
                    help="comma list of " + ", ".join(cells_mod.BASES)
                         + "; _xL makes an L-layer stack (lstm_x2). Default: the grid's")
-    p.add_argument("--batch", type=_ints, default=None, help="comma list of batch sizes B")
-    p.add_argument("--length", type=_ints, default=None, help="comma list of lengths T")
-    p.add_argument("--hidden", type=_ints, default=None, help="comma list of hidden sizes H")
-    p.add_argument("--input", type=int, default=None, help="input size I (default: I = H)")
-    p.add_argument("--lru-state", type=int, default=None, help="LRU state size N (default H)")
-    p.add_argument("--dtype", type=_names, default=None,
+    p.add_argument("--batch", type=_cli.positive_ints, default=None,
+                   help="comma list of batch sizes B")
+    p.add_argument("--length", type=_cli.positive_ints, default=None,
+                   help="comma list of lengths T")
+    p.add_argument("--hidden", type=_cli.positive_ints, default=None,
+                   help="comma list of hidden sizes H")
+    p.add_argument("--input", type=_cli.positive_int, default=None,
+                   help="input size I (default: I = H)")
+    p.add_argument("--lru-state", type=_cli.positive_int, default=None,
+                   help="LRU state size N (default H)")
+    p.add_argument("--dtype", type=_cli.choice_list, default=None,
                    help="comma list of float32, bfloat16, float16")
-    p.add_argument("--peers", type=_names, default=None,
+    p.add_argument("--peers", type=_cli.choice_list, default=None,
                    help="comma list of " + ", ".join(peers_mod.PEERS)
                         + "; 'none' to skip peers. Default: " + ",".join(peers_mod.DEFAULT_PEERS))
-    p.add_argument("--repeats", type=int, default=None, help="timed calls (default: the grid's)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed calls (default: the grid's)")
+    p.add_argument("--repeats", type=_cli.positive_int, default=None,
+                   help="timed calls (default: the grid's)")
+    p.add_argument("--warmup", type=_cli.nonnegative_int, default=None,
+                   help="untimed calls (default: the grid's)")
     p.add_argument("--grad", action=argparse.BooleanOptionalAction, default=True,
                    help="also time forward+backward (default: yes)")
     p.add_argument("--hoist", choices=("auto", "on", "off", "both"), default="auto",
@@ -331,8 +366,17 @@ def parser():
                    help="the fused backward pass of rnn/lstm/gru/mgu (auto: "
                         "seqjax.default_fused for the batch size)")
     p.add_argument("--associative", choices=("auto", "on", "off", "both"), default="auto",
-                   help="linear cells by associative scan (auto: on)")
-    p.add_argument("--unroll", type=int, default=1, help="lax.scan unroll for seqjax")
+                   help="linear cells by associative scan (auto: "
+                        "seqjax.default_associative for the length)")
+    p.add_argument("--unroll", type=_cli.positive_int, default=1,
+                   help="lax.scan unroll for seqjax")
+    p.add_argument("--chunkwise", choices=("auto", "on", "off", "both"), default="auto",
+                   help="matrix-state cells (mlstm, delta_net, gated_delta_net, mamba2) in "
+                        "their chunkwise-parallel form; off: a plain lax.scan over apply; "
+                        "both: the two in one run, with their ratio (auto: on)")
+    p.add_argument("--chunk-size", type=_cli.positive_ints, default=None,
+                   help="comma list of chunk sizes for the chunkwise form (default: "
+                        "seqjax.default_chunk_size)")
     p.add_argument("--out", default=os.path.join("results", "bench"),
                    help="output folder (default results/bench)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
@@ -381,7 +425,8 @@ def main(argv=None) -> int:
                             f"{case.dtype}", refresh=True)
         rows.extend(run_case(case, peers=peers, modes=args.modes, warmup=args.warmup,
                              repeats=args.repeats, hoist=args.hoist, fused=args.fused,
-                             associative=args.associative, unroll=args.unroll))
+                             associative=args.associative, unroll=args.unroll,
+                             chunkwise=args.chunkwise, chunk_sizes=args.chunk_size))
     bar.close()
     elapsed = time.perf_counter() - start
 

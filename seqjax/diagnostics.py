@@ -21,8 +21,11 @@ so at ``eps = 0`` it is the ordinary unroll, and one reverse-mode pass gives
 perturbed state, so ``dL/dh_t`` counts every path from ``h_t`` to the loss: through
 later states, through ``y_t`` itself and, in a stack, through the layers above.
 ``g`` is the cell's own readout for linear-recurrence cells (``lru``:
-``Re(C h) + D x``; ``min_gru``/``min_lstm``: ``h``) and the hidden state for the
-other cells (``lstm``: ``state.h``; ``rnn``, ``gru``, ``mgu``: the state itself).
+``Re(C h) + D x``; ``min_gru``/``min_lstm``: ``h``), the read-out of the new state
+for the matrix-state cells (``mlstm``, ``delta_net``, ``gated_delta_net``,
+``mamba2``: ``cell.chunkwise``'s ``readout(read(S_t, features(x_t)), x_t)``) and the
+hidden state for the other cells (``lstm``: ``state.h``; ``rnn``, ``gru``, ``mgu``:
+the state itself).
 
 Linear-recurrence cells keep their associative scan: ``h_t = a_t h_{t-1} + b_t``
 becomes ``h_t = a_t h_{t-1} + (b_t + eps_t)``, which is again a linear recurrence,
@@ -46,7 +49,9 @@ Functions. :func:`state_gradients` / :func:`batch_state_gradients` (``dL/dh_t`` 
 :func:`state_jacobians` and :func:`jacobian_norms` (``dh_T/dh_t``, materialised) and
 :func:`jacobian_spectral_norm` (matrix-free power iteration);
 :func:`recurrent_spectrum` (spectral radius and largest singular value of the
-recurrent matrices); :func:`global_norm`.
+recurrent matrices); :func:`global_norm`; :func:`memory_moments`, the stationary
+variances of a linear recurrence's state and of its sensitivity to its eigenvalue
+(Zucchet & Orvieto 2024's curse of memory).
 
 References:
   Bengio, Simard & Frasconi, "Learning long-term dependencies with gradient descent
@@ -55,6 +60,8 @@ References:
   networks", ICML 2013.
   Arjovsky, Shah & Bengio, "Unitary evolution recurrent neural networks", ICML 2016
   (the ``||dC/dh_t||`` against ``t`` figure).
+  Zucchet & Orvieto, "Recurrent neural networks: vanishing and exploding gradients
+  are not the end of the story", NeurIPS 2024 (the curse of memory).
 """
 
 from __future__ import annotations
@@ -69,6 +76,9 @@ from jax import lax
 from seqjax import _checks
 from seqjax.cells import (Cell, GRUParams, LRUParams, LSTMParams, MinParams, RNNParams,
                           SequenceModel)
+from seqjax.cells import RGLRUParams, S6Params, SLSTMParams
+from seqjax.cells import DeltaNetParams, GatedDeltaNetParams, Mamba2Params, MLSTMParams
+from seqjax.cells.xlstm import _slstm_dense
 from seqjax.models import state_to_vector, vector_to_state
 from seqjax.unroll import default_hoist
 
@@ -306,6 +316,9 @@ def _output_fn(cell, params, state, x):
     """``g``: the output read from a state (see the module docstring)."""
     if cell.linear is not None:
         return lambda p, s, x_: cell.linear.readout(p, s, x_)
+    if cell.chunkwise is not None:  # matrix-state cells: read the state, then the readout
+        form = cell.chunkwise
+        return lambda p, s, x_: form.readout(p, form.read(s, form.features(p, x_)), x_)
     candidate = state.h if hasattr(state, "h") else state
     y = jax.eval_shape(cell.apply, params, state, x)[1]
     if not isinstance(candidate, jax.Array) or jnp.shape(candidate) != y.shape:
@@ -345,8 +358,9 @@ def _perturbed_associative(linear, params, xs, h0, eps, valid):
     a, b = linear.coefficients(params, xs)
     b = b + eps
     if valid is not None:
-        a = jnp.where(valid[:, None], a, jnp.ones((), a.dtype))
-        b = jnp.where(valid[:, None], b, jnp.zeros((), b.dtype))
+        ok = valid.reshape(valid.shape + (1,) * (a.ndim - 1))  # any state rank (S6: [H, N])
+        a = jnp.where(ok, a, jnp.ones((), a.dtype))
+        b = jnp.where(ok, b, jnp.zeros((), b.dtype))
     b = b.at[0].add(a[0] * h0)
 
     def combine(earlier, later):
@@ -644,6 +658,16 @@ def recurrent_spectrum(params) -> Any:
       so both numbers are ``max |lambda|``.
     * :class:`~seqjax.MinParams`: ``{}`` -- minGRU/minLSTM have no recurrent matrix
       (their decay ``a_t`` depends on the input only).
+    * :class:`~seqjax.SLSTMParams`: blocks ``"i", "f", "z", "o"`` of the dense
+      block-diagonal ``R`` (each ``[H, H]``) and ``"r"`` for ``[H, 4H]``, as the LSTM.
+    * :class:`~seqjax.RGLRUParams`: ``{"a": ...}``, both numbers ``max sigmoid(Lambda)``;
+      the decay ``a_t = a^{c r_t}`` lies in ``[a^c, 1)`` depending on the input.
+    * :class:`~seqjax.S6Params`: ``{}`` -- S6's decay ``exp(Delta_t A)`` depends on the
+      input.
+    * :class:`~seqjax.MLSTMParams`, :class:`~seqjax.DeltaNetParams`,
+      :class:`~seqjax.GatedDeltaNetParams`, :class:`~seqjax.Mamba2Params`: ``{}`` --
+      the matrix-state cells' transitions (gates, ``I - beta k k^T``) depend on the
+      input only.
     * a stack's params (tuple): a tuple of these.
 
     The spectral radius uses ``jnp.linalg.eigvals`` (CPU only in some JAX versions).
@@ -672,8 +696,85 @@ def recurrent_spectrum(params) -> Any:
     if isinstance(params, LRUParams):
         modulus = jnp.max(jnp.exp(-jnp.exp(params.nu_log)))
         return {"lambda": Spectrum(modulus, modulus)}
-    if isinstance(params, MinParams):
+    if isinstance(params, (MinParams, S6Params, MLSTMParams, DeltaNetParams,
+                           GatedDeltaNetParams, Mamba2Params)):
         return {}
+    if isinstance(params, SLSTMParams):
+        dense = _slstm_dense(params.r)  # [H, 4H]
+        hidden = dense.shape[0]
+        out = {n: _square(dense[:, k * hidden:(k + 1) * hidden]) for k, n in enumerate("ifzo")}
+        out["r"] = Spectrum(jnp.full((), jnp.nan, dense.dtype), jnp.linalg.norm(dense, ord=2))
+        return out
+    if isinstance(params, RGLRUParams):
+        base = jnp.max(jax.nn.sigmoid(params.lam))
+        return {"a": Spectrum(base, base)}
     if isinstance(params, (tuple, list)):
         return tuple(recurrent_spectrum(p) for p in params)
     raise TypeError(f"recurrent_spectrum: unknown params type {type(params).__name__}")
+
+
+# ------------------------------------------------------------- the curse of memory
+
+
+class MemoryMoments(NamedTuple):
+    """Second moments of a stationary linear recurrence (see :func:`memory_moments`).
+
+    Attributes:
+      var_h: ``E[h_t^2]``, the variance of the state.
+      var_dh: ``E[(dh_t/dw)^2]``, the variance of its sensitivity to the recurrence
+        parameter ``w`` (``lambda`` itself, or ``nu`` in ``lambda = exp(-exp(nu))``).
+    """
+
+    var_h: Array
+    var_dh: Array
+
+
+def memory_moments(lam, rho, *, normalised: bool = False,
+                   exponential: bool = False) -> MemoryMoments:
+    """Closed-form stationary variances of ``h_t`` and ``dh_t/dw`` for a scalar
+    linear recurrence driven by unit-variance inputs of autocorrelation ``rho``.
+
+    .. math::
+        h_{t+1} &= \\lambda h_t + \\gamma\\, x_{t+1}, \\qquad
+            E[x_t x_{t+k}] = \\rho^{|k|} \\\\
+        \\mathrm{Var}\\, h &= \\gamma^2\\, \\frac{1 + \\rho\\lambda}
+            {(1 - \\rho\\lambda)(1 - \\lambda^2)} \\\\
+        \\mathrm{Var}\\, \\frac{dh}{d\\lambda} &= \\gamma^2\\,
+            \\frac{(1 + \\lambda^2)(1 - \\lambda^2\\rho^2) + 2(1 - \\lambda^2)\\lambda\\rho}
+                 {(1 - \\lambda^2)^3 (1 - \\lambda\\rho)^2}
+
+    Without normalisation ``gamma = 1``: both variances diverge as ``lambda -> 1``,
+    the sensitivity faster (``(1 - lambda)^-3`` against ``(1 - lambda)^-1`` at
+    ``rho = 0``), which is Zucchet & Orvieto's curse of memory. The LRU's
+    normalisation ``gamma = sqrt(1 - lambda^2)`` (a separate parameter, held fixed
+    when differentiating, as in the LRU) keeps ``Var h`` bounded; the exponential
+    parametrisation ``lambda = exp(-exp(nu))`` multiplies the sensitivity by
+    ``(d lambda / d nu)^2 = (lambda log lambda)^2``, which vanishes as
+    ``lambda -> 1``.
+
+    Args:
+      lam: ``lambda`` in ``[0, 1)`` (array or float; ``(0, 1)`` with
+        ``exponential``).
+      rho: the input autocorrelation in ``[0, 1)`` (broadcasts with ``lam``).
+      normalised: multiply the input by ``gamma = sqrt(1 - lambda^2)``.
+      exponential: differentiate w.r.t. ``nu`` in ``lambda = exp(-exp(nu))``
+        instead of ``lambda``.
+
+    Returns:
+      :class:`MemoryMoments` shaped like ``lam`` and ``rho`` broadcast together.
+
+    References:
+      Zucchet & Orvieto, "Recurrent neural networks: vanishing and exploding
+      gradients are not the end of the story", NeurIPS 2024, section 2 and
+      Figures 1-2 (their code: ``figures/1D-case.ipynb``).
+    """
+    lam, rho = np.asarray(lam, np.float64), np.asarray(rho, np.float64)
+    one = 1.0 - lam ** 2
+    var_h = (1 + rho * lam) / ((1 - rho * lam) * one)
+    var_dh = (((1 + lam ** 2) * (1 - lam ** 2 * rho ** 2) + 2 * one * lam * rho)
+              / (one ** 3 * (1 - lam * rho) ** 2))
+    if normalised:
+        var_h, var_dh = var_h * one, var_dh * one
+    if exponential:
+        var_dh = var_dh * (lam * np.log(lam)) ** 2
+    return MemoryMoments(var_h, var_dh)

@@ -15,17 +15,31 @@ are represented (float32 underflows below ``1e-45``, which a vanishing gradient
 reaches within a few hundred steps).
 
 It writes ``gradnorm.json`` (everything), ``gradnorm.csv`` (one row per cell, T, seed,
-phase and t), ``summary.csv``, ``loss.csv`` and the figures ``gradnorm_t.png``
+phase and t), ``summary.csv``, ``loss.csv`` and the figures ``gradnorm_by_step.png``
 (``||dL/dh_t||`` against ``t`` at the longest T, the shape of Arjovsky et al. 2016's
-figure), ``gradnorm_T.png`` (``||dL/dh_0||`` against T) and ``loss.png`` (training
-loss against the task's baseline, per T).
+figure), ``gradnorm_by_length.png`` (``||dL/dh_0||`` against T) and ``loss.png``
+(training loss against the task's baseline, per T).
 
 Run ``seqjax gradnorm --help`` for the options; the defaults finish in a few minutes
 on a 2-core CPU.
 
+Three further experiments (:mod:`seqjax.experiments` computes them; this module
+only wires them to files and figures), each with a quick default of about a minute
+and a ``--full`` configuration:
+
+* ``seqjax gradnorm memory``: the curse of memory (Zucchet & Orvieto 2024, Figures
+  1-2), measured variances of ``h_t`` and ``dh_t/d lambda`` against the closed forms.
+* ``seqjax gradnorm propagation``: signal propagation at initialisation (their
+  Figure 5) in a 4-layer network, against the characteristic time ``t``.
+* ``seqjax gradnorm learnability``: which cell learns the adding / copy problem at
+  which length ``T``, beside ``||dL/dh_0||`` at initialisation; results are cached per
+  (cell, task, T, seed) in the output JSON, so a run adds only what is missing.
+
 References:
   Arjovsky, Shah & Bengio, "Unitary evolution recurrent neural networks", ICML 2016
   (``||dC/dh_t||`` against ``t`` at initialisation and after training).
+  Zucchet & Orvieto, "Recurrent neural networks: vanishing and exploding gradients are
+  not the end of the story", NeurIPS 2024.
 """
 
 from __future__ import annotations
@@ -50,7 +64,7 @@ import numpy as np
 import optax
 
 import seqjax
-from seqjax import diagnostics, tasks, train
+from seqjax import _cli, diagnostics, experiments, tasks, train
 
 # name -> (constructor of the cell from the hidden size, needs an input projection)
 CELLS = {
@@ -62,7 +76,16 @@ CELLS = {
     "min_lstm": (lambda h: seqjax.min_lstm(h), False),
     "lru": (lambda h: seqjax.lru(h, h), True),
     # -- modern cells I (sLSTM, RG-LRU, S6)
+    "slstm": (lambda h: seqjax.slstm(h), False),  # 4 heads: hidden divisible by 4
+    "rg_lru": (lambda h: seqjax.rg_lru(h), True),  # input = hidden: projected first
+    "s6": (lambda h: seqjax.s6(h), True),  # N = 16 per channel; input = hidden
     # -- matrix-state cells (mLSTM, DeltaNet, Gated DeltaNet, Mamba-2)
+    # heads of 64 channels (one head up to hidden 127); gradnorm steps them with apply,
+    # the same numbers as their chunkwise form; ||dL/dh_t|| is over the whole state
+    "mlstm": (lambda h: seqjax.mlstm(h), False),
+    "delta_net": (lambda h: seqjax.delta_net(h), False),
+    "gated_delta_net": (lambda h: seqjax.gated_delta_net(h), False),
+    "mamba2": (lambda h: seqjax.mamba2(h, state_size=16), False),
 }
 TASKS = {
     "adding": tasks.adding_problem,
@@ -409,7 +432,8 @@ def _decade_ticks(ax, most=9):
 
 
 def plot(out, meta, rows, curves):
-    """``gradnorm_t.png``, ``gradnorm_T.png`` and (after training) ``loss.png``."""
+    """``gradnorm_by_step.png``, ``gradnorm_by_length.png`` and (after training)
+    ``loss.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -447,7 +471,7 @@ def plot(out, meta, rows, curves):
                  f"geometric mean over seeds, band min–max; legend: fitted decay per step "
                  f"back in time", fontsize=10)
     fig.tight_layout()
-    paths["plot_t"] = out / "gradnorm_t.png"
+    paths["plot_t"] = out / "gradnorm_by_step.png"
     fig.savefig(paths["plot_t"], dpi=90)
     plt.close(fig)
 
@@ -469,7 +493,7 @@ def plot(out, meta, rows, curves):
     fig.suptitle(f"Gradient norm w.r.t. the initial state against T: {setup}\n"
                  "geometric mean over seeds", fontsize=10)
     fig.tight_layout()
-    paths["plot_T"] = out / "gradnorm_T.png"
+    paths["plot_T"] = out / "gradnorm_by_length.png"
     fig.savefig(paths["plot_T"], dpi=90)
     plt.close(fig)
 
@@ -505,51 +529,38 @@ def plot(out, meta, rows, curves):
 # ------------------------------------------------------------------------------- main
 
 
-def _ints(text):
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _names(choices):
-    def parse(text):
-        values = tuple(v.strip() for v in text.split(",") if v.strip())
-        unknown = [v for v in values if v not in choices]
-        if not values or unknown:
-            raise argparse.ArgumentTypeError(
-                f"unknown {unknown or text!r}; choose from {', '.join(choices)}")
-        return values
-
-    return parse
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="seqjax gradnorm",
         description="Per-step gradient norms ||dL/dh_t|| for cells x sequence lengths x "
-                    "seeds, at initialisation and after training on a long-dependency task.")
-    p.add_argument("--cells", type=_names(CELLS), default=DEFAULT_CELLS,
+                    "seeds, at initialisation and after training on a long-dependency task "
+                    "(Arjovsky et al. 2016's figure). Three further experiments are "
+                    "subcommands; see below.",
+        epilog="experiments (each: seqjax gradnorm NAME --help; quick by default, --full "
+               "for the committed configuration):\n" + "\n".join(
+                   f"  {name:<13} {help_}" for name, (help_, _) in EXPERIMENTS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", type=_cli.names(CELLS), default=DEFAULT_CELLS,
                    help=f"comma-separated, from {', '.join(CELLS)} (default: "
                         f"{','.join(DEFAULT_CELLS)})")
-    p.add_argument("--lengths", type=_ints, default=DEFAULT_LENGTHS,
+    p.add_argument("--lengths", type=_cli.positive_ints, default=DEFAULT_LENGTHS,
                    help="comma-separated sequence lengths T (default: "
                         f"{','.join(map(str, DEFAULT_LENGTHS))}); for adding1997 the minimal "
                         "length, for copy the delay")
     p.add_argument("--task", choices=tuple(TASKS), default="adding",
                    help="adding (Arjovsky et al. 2016), adding1997 (Hochreiter & Schmidhuber "
                         "1997) or copy (copying memory); default adding")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per cell and T (default 3)")
-    p.add_argument("--steps", type=int, default=100,
+    p.add_argument("--seeds", type=_cli.positive_int, default=3,
+                   help="seeds per cell and T (default 3)")
+    p.add_argument("--steps", type=_cli.nonnegative_int, default=100,
                    help="training steps between the two measurements (default 100; 0: "
                         "initialisation only)")
-    p.add_argument("--hidden", type=int, default=32, help="hidden size (default 32)")
-    p.add_argument("--batch", type=int, default=8,
+    p.add_argument("--hidden", type=_cli.positive_int, default=32,
+                   help="hidden size (default 32)")
+    p.add_argument("--batch", type=_cli.positive_int, default=8,
                    help="examples per training step (default 8)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=_cli.positive_float, default=1e-3,
+                   help="Adam learning rate (default 1e-3)")
     p.add_argument("--out", default="results/gradnorm",
                    help="output folder (default results/gradnorm)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
@@ -569,15 +580,10 @@ def _version(dist):
 def main(argv=None) -> int:
     """The ``seqjax gradnorm`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXPERIMENTS:
+        return EXPERIMENTS[argv[0]][1](argv[1:])
     p = parser()
     args = p.parse_args(argv)
-    for name in ("seeds", "hidden", "batch"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
-    if args.steps < 0:
-        p.error("--steps must be >= 0")
-    if not args.lr > 0:
-        p.error("--lr must be > 0")
     try:
         for T in args.lengths:
             TASKS[args.task](T)
@@ -612,3 +618,721 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ======================================================= the three further experiments
+#
+# Each experiment: a quick default (about a minute on 2 CPU cores) and ``--full`` (the
+# configuration whose results are committed under docs/science/); explicit options
+# override either. The computing is in seqjax.experiments; here: options, files, plots.
+
+
+def _floats_in(low: float, high: float, *, high_open: bool = False):
+    """argparse type: a non-empty comma list of numbers in ``[low, high]`` (``high``
+    excluded with ``high_open``), in ``seqjax._cli``'s one-line style."""
+    rule = (f"a comma list of numbers in [{low:g}, {high:g}{')' if high_open else ']'}, "
+            "e.g. 0,0.9")
+
+    def parse(text):
+        parts = [v.strip() for v in text.split(",")]
+        try:
+            values = tuple(float(v) for v in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}") from None
+        if not values or any(not (low <= v <= high) or (high_open and v == high)
+                             or not math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}")
+        return values
+
+    parse.__name__ = "floats_in"
+    return parse
+
+
+def _settle(args, quick: dict, full: dict):
+    """Options left unset (``None``) take the quick or the ``--full`` value."""
+    chosen = full if args.full else quick
+    for k, v in chosen.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def _meta(prog, argv, started, **config):
+    """What every result file records: command, configuration, machine, versions and
+    wall time."""
+    dev = jax.devices()[0]
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    return dict(
+        command=" ".join(["seqjax", "gradnorm", prog] + list(argv)), **config,
+        wall_s=round(time.perf_counter() - started, 1),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        device=str(dev), platform=dev.platform, cpu_count=os.cpu_count(),
+        machine=f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores",
+        load_average_at_end=load,
+        versions={"python": platform.python_version(), "seqjax": seqjax.__version__,
+                  **{d: _version(d) for d in ("jax", "jaxlib", "optax", "numpy",
+                                              "matplotlib")}})
+
+
+def _write_json(path, data):
+    path = pathlib.Path(path)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":"), allow_nan=False))
+    os.replace(tmp, path)  # a run stopped mid-write leaves the last complete file
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _say(progress, message):
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ curse of memory
+
+MEMORY_QUICK = dict(rhos=(0.0, 0.9, 0.99), per_decade=2, samples=1024, horizon=8.0,
+                    decades=4.0, chunk=512, seed=0, out="results/memory")
+MEMORY_FULL = dict(rhos=(0.0, 0.9, 0.99), per_decade=4, samples=4096, horizon=8.0,
+                   decades=4.0, chunk=512, seed=0, out="docs/science")
+
+
+def memory_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqjax gradnorm memory",
+        description="The curse of memory (Zucchet & Orvieto 2024, Figures 1-2): for "
+                    "h_{t+1} = lambda h_t + gamma x_{t+1} driven by unit-variance inputs of "
+                    "autocorrelation rho, Monte Carlo estimates of Var h and of the "
+                    "sensitivity Var dh/dlambda through a seqjax diagonal linear cell "
+                    "(forward-mode jax.jvp), against the closed forms, for lambda = "
+                    "1 - 10^-k; with and without the LRU's normalisation gamma = "
+                    "sqrt(1 - lambda^2) and exponential parametrisation lambda = "
+                    "exp(-exp(nu)). Writes memory.json, memory.csv, memory.png.")
+    p.add_argument("--full", action="store_true",
+                   help="the committed configuration: 4 lambdas per decade, 4096 sequences "
+                        "per point, written to docs/science")
+    p.add_argument("--rhos", type=_floats_in(0.0, 1.0, high_open=True),
+                   help="input autocorrelations (default 0,0.9,0.99)")
+    p.add_argument("--decades", type=_cli.float_in(0.1, 6.0),
+                   help="largest k in lambda = 1 - 10^-k (default 4)")
+    p.add_argument("--per-decade", dest="per_decade", type=_cli.positive_int,
+                   help="lambdas per decade of 1 - lambda (quick 2, full 4)")
+    p.add_argument("--samples", type=_cli.positive_int,
+                   help="independent sequences per (lambda, rho) (quick 1024, full 4096)")
+    p.add_argument("--horizon", type=_cli.positive_float,
+                   help="sequence length in units of the slowest timescale, "
+                        "horizon / (1 - max(lambda, rho)) steps (default 8: stationary to "
+                        "~1e-5)")
+    p.add_argument("--chunk", type=_cli.positive_int,
+                   help="steps per seqjax.unroll call (default 512)")
+    p.add_argument("--seed", type=_cli.nonnegative_int, help="PRNG seed (default 0)")
+    p.add_argument("--out", help="output folder (quick: results/memory; full: docs/science)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="write memory.png (default on)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="print one line per point to stderr (default on)")
+    return p
+
+
+def memory_lambdas(decades: float, per_decade: int) -> list:
+    """``lambda = 1 - 10^-k`` for ``k = 1/per_decade, 2/per_decade, ... <= decades``."""
+    n = int(math.floor(decades * per_decade + 1e-9))
+    return [1.0 - 10.0 ** (-(i + 1) / per_decade) for i in range(n)]
+
+
+def main_memory(argv) -> int:
+    """``seqjax gradnorm memory``."""
+    p = memory_parser()
+    args = _settle(p.parse_args(argv), MEMORY_QUICK, MEMORY_FULL)
+    lams = memory_lambdas(args.decades, args.per_decade)
+    if not lams:
+        p.error(f"--decades {args.decades} with --per-decade {args.per_decade} gives no lambda")
+    started = time.perf_counter()
+    rows = []
+    with jax.enable_x64(True):
+        for i, rho in enumerate(args.rhos):
+            for j, lam in enumerate(lams):
+                t0 = time.perf_counter()
+                steps = experiments.memory_steps(lam, rho, horizon=args.horizon)
+                key = jax.random.fold_in(jax.random.PRNGKey(args.seed), i * 1000 + j)
+                r = experiments.memory_monte_carlo(key, lam, rho, samples=args.samples,
+                                                   steps=steps, chunk=args.chunk)
+                rows.append(r)
+                _say(args.progress, f"rho={rho:g} 1-lambda={1 - lam:.3g}: {r['steps']} steps, "
+                                    f"{time.perf_counter() - t0:.1f} s")
+    meta = _meta("memory", argv, started, rhos=list(args.rhos), lambdas=lams,
+                 samples=args.samples, horizon=args.horizon, chunk=args.chunk, seed=args.seed,
+                 dtype="float64", variants=[v.name for v in experiments.MEMORY_VARIANTS],
+                 model="h_t = lambda h_{t-1} + gamma x_t, x unit-variance AR(1) of "
+                       "autocorrelation rho, h_0 = 0; sensitivity by forward-mode jvp")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "memory.json", dict(meta=meta, rows=rows))
+    with open(out / "memory.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rho", "lambda", "one_minus_lambda", "variant", "steps", "samples",
+                    "var_h", "var_h_se", "theory_h", "var_dh", "var_dh_se", "theory_dh"])
+        for r in rows:
+            for v in experiments.MEMORY_VARIANTS:
+                d = r[v.name]
+                w.writerow([r["rho"], repr(r["lam"]), f"{1 - r['lam']:.6g}", v.name, r["steps"],
+                            r["samples"], d["var_h"], d["var_h_se"], d["theory_h"],
+                            d["var_dh"], d["var_dh_se"], d["theory_dh"]])
+    paths = [out / "memory.json", out / "memory.csv"]
+    if args.plots:
+        paths.append(plot_memory(out / "memory.png", meta, rows))
+    print(memory_table(rows))
+    print(f"\nwall time {meta['wall_s']:.1f} s on {meta['machine']}")
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def memory_table(rows) -> str:
+    """Markdown: measured / theory for each (rho, lambda), plain model and LRU-style."""
+    lines = ["| rho | 1 - lambda | Var h: measured / theory | Var dh/dlambda: measured / "
+             "theory | with gamma + exp: Var h | Var dh/dnu |", "|" + "---|" * 6]
+    for r in rows:
+        a, b = r["lambda"], r["gamma+exp"]
+        lines.append(f"| {r['rho']:g} | {1 - r['lam']:.3g} | {a['var_h']:.4g} / "
+                     f"{a['theory_h']:.4g} | {a['var_dh']:.4g} / {a['theory_dh']:.4g} | "
+                     f"{b['var_h']:.4g} / {b['theory_h']:.4g} | {b['var_dh']:.4g} / "
+                     f"{b['theory_dh']:.4g} |")
+    return "\n".join(lines)
+
+
+def plot_memory(path, meta, rows):
+    """Three log-log panels against ``1 - lambda`` (``lambda -> 1`` to the right):
+    ``Var h``, ``Var dh/dlambda``, ``Var dh/dnu``; Monte Carlo points with 2-standard-
+    error bars over the closed forms (lines), one colour per ``rho``."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    rhos = sorted({r["rho"] for r in rows})
+    colors = {rho: plt.get_cmap("viridis")(0.85 * i / max(1, len(rhos) - 1))
+              for i, rho in enumerate(rhos)}
+    panels = [
+        ("var_h", "theory_h", "var_h_se", (("lambda", "o", "-"), ("gamma", "s", "--")),
+         "Var $h_t$", "state: without and with γ = √(1−λ²)"),
+        ("var_dh", "theory_dh", "var_dh_se", (("lambda", "o", "-"), ("gamma", "s", "--")),
+         "Var $dh_t/d\\lambda$", "sensitivity to λ, λ parametrised directly"),
+        ("var_dh", "theory_dh", "var_dh_se", (("exp", "^", "-"), ("gamma+exp", "D", "--")),
+         "Var $dh_t/d\\nu$", "sensitivity to ν, λ = exp(−exp(ν))"),
+    ]
+    labels = {"lambda": "no γ", "gamma": "γ = √(1−λ²)", "exp": "no γ",
+              "gamma+exp": "γ = √(1−λ²)"}
+    fig, axes = plt.subplots(1, 3, figsize=(14.5, 4.6))
+    fine = np.array(sorted({1 - r["lam"] for r in rows}))
+    grid = np.geomspace(fine.min(), fine.max(), 200)
+    for ax, (key, theory_key, se_key, variants, ylabel, title) in zip(axes, panels):
+        handles = []
+        for variant, marker, ls in variants:
+            for rho in rhos:
+                sel = sorted((r for r in rows if r["rho"] == rho), key=lambda r: r["lam"])
+                x = np.array([1 - r["lam"] for r in sel])
+                y = np.array([r[variant][key] for r in sel])
+                err = 2 * np.array([r[variant][se_key] for r in sel])
+                th = diagnostics.memory_moments(
+                    1 - grid, rho, normalised="gamma" in variant, exponential="exp" in variant)
+                ax.plot(grid, th.var_h if key == "var_h" else th.var_dh, ls=ls,
+                        color=colors[rho], lw=1.3, alpha=0.9)
+                ax.errorbar(x, y, yerr=err, fmt=marker, color=colors[rho], ms=4.5,
+                            mfc="white" if "gamma" in variant else colors[rho], capsize=2,
+                            lw=0.8)
+            handles.append(Line2D([], [], color="0.3", ls=ls, marker=marker,
+                                  mfc="white" if "gamma" in variant else "0.3",
+                                  label=f"{labels[variant]} (points: measured, line: theory)"))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("1 − λ (log scale; λ → 1 to the right)")
+        ax.set_ylabel(ylabel + " (log scale)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(handles=handles, fontsize=7.5, loc="upper left")
+    rho_handles = [Line2D([], [], color=colors[rho], lw=3, label=f"ρ = {rho:g}") for rho in rhos]
+    fig.legend(handles=rho_handles, loc="lower center", ncol=len(rhos), fontsize=9,
+               title="input autocorrelation", title_fontsize=9, frameon=False)
+    fig.suptitle(f"The curse of memory: h_t = λ h_(t−1) + γ x_t, stationary AR(1) inputs; "
+                 f"{meta['samples']} sequences per point, error bars ±2 standard errors",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------- signal propagation
+
+PROPAGATION_TIMESCALES = (1.0, 10 ** 0.5, 10.0, 10 ** 1.5, 100.0)
+PROPAGATION_QUICK = dict(models=tuple(experiments.PROPAGATION_MODELS),
+                         timescales=PROPAGATION_TIMESCALES, width=64, time=128, batch=8,
+                         batches=2, input_size=32, rho=0.9, layers=4, seed=0,
+                         out="results/propagation")
+PROPAGATION_FULL = dict(PROPAGATION_QUICK, width=256, time=512, batch=16, batches=8,
+                        out="docs/science")
+
+
+def propagation_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqjax gradnorm propagation",
+        description="Signal propagation at initialisation (Zucchet & Orvieto 2024, "
+                    "Figure 5): a 4-layer residual network without normalisation "
+                    "(recurrent layer, GELU, GLU, skip), next-step MSE on AR(1) inputs "
+                    "(a stand-in for their BERT embeddings). For each characteristic time "
+                    "t (eigenvalue moduli in [1 - 1/t, 1 - 1/(2t)], gate biases chrono "
+                    "log U(t, 2t)): mean h_t^2 per layer and the mean squared gradient of the "
+                    "timescale parameters (lambda) against all others. Writes "
+                    "propagation.json, propagation.csv, propagation.png.")
+    p.add_argument("--full", action="store_true",
+                   help="the committed configuration: width 256, 512 steps, 8 batches of 16, "
+                        "written to docs/science")
+    p.add_argument("--models", type=_cli.names(experiments.PROPAGATION_MODELS),
+                   help=f"from {', '.join(experiments.PROPAGATION_MODELS)} (default all)")
+    p.add_argument("--timescales", type=_floats_in(1.0, 1e6),
+                   help="characteristic times t >= 1 (default 1,3.16,10,31.6,100)")
+    p.add_argument("--width", type=_cli.positive_int, help="model width (quick 64, full 256)")
+    p.add_argument("--time", type=_cli.positive_int, help="sequence length (quick 128, full 512)")
+    p.add_argument("--batch", type=_cli.positive_int, help="examples per batch (quick 8, full 16)")
+    p.add_argument("--batches", type=_cli.positive_int, help="batches (quick 2, full 8)")
+    p.add_argument("--input-size", dest="input_size", type=_cli.positive_int,
+                   help="features of the AR(1) inputs (default 32)")
+    p.add_argument("--rho", type=_cli.float_in(0.0, 1.0, high_open=True),
+                   help="autocorrelation of the inputs (default 0.9)")
+    p.add_argument("--layers", type=_cli.positive_int, help="residual layers (default 4)")
+    p.add_argument("--seed", type=_cli.nonnegative_int, help="PRNG seed (default 0)")
+    p.add_argument("--out", help="output folder (quick: results/propagation; full: docs/science)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="write propagation.png (default on)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="print one line per (model, t) to stderr (default on)")
+    return p
+
+
+PROPAGATION_KEYS = ("h2", "rnn2", "grad2_timescale", "grad2_rest", "grad2_glu")
+
+
+def propagation_summary(rows) -> list:
+    """Means over batches per (model, t): per-layer lists and the network totals."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for t in sorted({r["t"] for r in rows if r["model"] == model}):
+            sel = [r for r in rows if r["model"] == model and r["t"] == t]
+            d = dict(model=model, t=t, batches=len(sel))
+            for k in PROPAGATION_KEYS + ("grad2_timescale_all", "grad2_other_all", "loss"):
+                d[k] = np.mean([r[k] for r in sel], axis=0).tolist()
+            out.append(d)
+    return out
+
+
+def main_propagation(argv) -> int:
+    """``seqjax gradnorm propagation``."""
+    p = propagation_parser()
+    args = _settle(p.parse_args(argv), PROPAGATION_QUICK, PROPAGATION_FULL)
+    started = time.perf_counter()
+    rows = experiments.signal_propagation(
+        args.models, args.timescales, width=args.width, time=args.time, batch=args.batch,
+        batches=args.batches, input_size=args.input_size, rho=args.rho, layers=args.layers,
+        seed=args.seed, progress=(lambda m: _say(True, m)) if args.progress else None)
+    summary = propagation_summary(rows)
+    meta = _meta("propagation", argv, started, models=list(args.models),
+                 descriptions={m: experiments.PROPAGATION_MODELS[m].description
+                               for m in args.models},
+                 timescales=list(args.timescales), width=args.width, time=args.time,
+                 batch=args.batch, batches=args.batches, input_size=args.input_size,
+                 rho=args.rho, layers=args.layers, seed=args.seed, dtype="float32",
+                 inputs=f"AR(1), rho={args.rho}, {args.input_size} independent unit-variance "
+                        "features (stand-in for the paper's BERT embeddings)",
+                 loss="0.5 * mean over steps and features of (prediction_t - u_(t+1))^2")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "propagation.json", dict(meta=meta, summary=summary, rows=rows))
+    with open(out / "propagation.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "t", "layer", "mean_h2", "mean_rnn_output2",
+                    "grad2_timescale", "grad2_recurrent_rest", "grad2_glu",
+                    "grad2_timescale_all_layers", "grad2_all_other_params"])
+        for d in summary:
+            for layer in range(args.layers):
+                w.writerow([d["model"], d["t"], layer + 1] + [d[k][layer] for k in PROPAGATION_KEYS]
+                           + [d["grad2_timescale_all"], d["grad2_other_all"]])
+    paths = [out / "propagation.json", out / "propagation.csv"]
+    if args.plots:
+        paths.append(plot_propagation(out / "propagation.png", meta, summary))
+    print(propagation_table(summary))
+    print(f"\nwall time {meta['wall_s']:.1f} s on {meta['machine']}")
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def propagation_table(summary) -> str:
+    """Markdown: per (model, t), mean h^2 of the first and last layer and the mean
+    squared gradients."""
+    lines = ["| model | t | mean h² layer 1 | mean h² last layer | E[(dL/dλ)²] | "
+             "E[(dL/dθ_other)²] |", "|" + "---|" * 6]
+    for d in summary:
+        lines.append(f"| {d['model']} | {d['t']:.3g} | {d['h2'][0]:.3g} | {d['h2'][-1]:.3g} | "
+                     f"{d['grad2_timescale_all']:.3g} | {d['grad2_other_all']:.3g} |")
+    return "\n".join(lines)
+
+
+def plot_propagation(path, meta, summary):
+    """Two log-log panels against ``t``: mean ``h_t^2`` of the first and last layer,
+    and the mean squared gradient of the timescale parameters and of all others."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    models = list(dict.fromkeys(d["model"] for d in summary))
+    colors = {m: plt.get_cmap("tab10")(i) for i, m in enumerate(models)}
+    markers = dict(zip(models, "osD^v<>p"))
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    last = meta["layers"]
+    for m in models:
+        sel = [d for d in summary if d["model"] == m]
+        t = [d["t"] for d in sel]
+        axes[0].plot(t, [d["h2"][0] for d in sel], ls="--", marker=markers[m], mfc="white",
+                     color=colors[m])
+        axes[0].plot(t, [d["h2"][-1] for d in sel], ls="-", marker=markers[m], color=colors[m])
+        axes[1].plot(t, [d["grad2_timescale_all"] for d in sel], ls="-", marker=markers[m],
+                     color=colors[m])
+        axes[1].plot(t, [d["grad2_other_all"] for d in sel], ls=":", marker=markers[m],
+                     mfc="white", color=colors[m])
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("characteristic time t (|λ| ∈ [1 − 1/t, 1 − 1/(2t)]; log scale)")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("mean $h_t^2$ of a layer's output (log scale)")
+    axes[0].set_title("hidden states: residual stream after layer 1 and layer "
+                      f"{last}", fontsize=10)
+    axes[1].set_ylabel("mean squared gradient (log scale)")
+    axes[1].set_title("gradients: timescale parameters λ against all other parameters",
+                      fontsize=10)
+    style0 = [Line2D([], [], color="0.3", ls="--", marker="o", mfc="white", label="layer 1"),
+              Line2D([], [], color="0.3", ls="-", marker="o", label=f"layer {last}")]
+    style1 = [Line2D([], [], color="0.3", ls="-", marker="o",
+                     label="λ (complex: Re λ, Im λ; LRU: ν, θ; GRU: b_z; LSTM: b_f)"),
+              Line2D([], [], color="0.3", ls=":", marker="o", mfc="white",
+                     label="all other parameters")]
+    axes[0].legend(handles=style0, fontsize=8, loc="upper left")
+    axes[1].legend(handles=style1, fontsize=8, loc="upper left")
+    model_handles = [Line2D([], [], color=colors[m], marker=markers[m], lw=2,
+                            label=f"{m}: {meta['descriptions'][m]}") for m in models]
+    fig.legend(handles=model_handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"Signal propagation at initialisation: {meta['layers']} layers, width "
+                 f"{meta['width']}, no normalisation; {meta['batches']}×{meta['batch']} "
+                 f"AR(1) sequences (ρ = {meta['rho']:g}) of {meta['time']} steps", fontsize=11)
+    fig.tight_layout(rect=(0, 0.14, 1, 0.95))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------- learnability
+
+LEARN_TASKS = {"adding": tasks.adding_problem, "copy": tasks.copy_memory}
+LEARN_FULL_CELLS = ("rnn", "lstm", "gru", "min_gru", "lru", "slstm", "rg_lru", "s6", "mlstm",
+                    "delta_net", "gated_delta_net", "mamba2")
+LEARN_QUICK = dict(cells=("rnn", "lstm"), tasks=("adding",), lengths=(10, 50), seeds=2,
+                   steps=300, hidden=32, batch=20, lr=1e-3, optimizer="adam", log_every=50,
+                   out="results/learnability")
+LEARN_FULL = dict(cells=None, tasks=("adding", "copy"), lengths=(50, 100, 200, 400), seeds=2,
+                  steps=1500, hidden=32, batch=20, lr=1e-3, optimizer="adam", log_every=50,
+                  out="docs/science")
+LEARN_OPTIMIZERS = {
+    "adam": ("clip_by_global_norm(1.0), adam", train.default_optimizer),
+    "rmsprop": ("clip_by_global_norm(1.0), rmsprop(decay=0.9) (Arjovsky et al. 2016)",
+                experiments.arjovsky_optimizer),
+}
+LEARN_EVAL, LEARN_NORM_EXAMPLES = 256, 32
+
+
+def learnability_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="seqjax gradnorm learnability",
+        description="Learnability against length: train each cell on the adding problem "
+                    "and the copy-memory problem (Arjovsky et al. 2016) at several lengths T, "
+                    "several seeds, a fixed step budget (Adam, lr 1e-3, gradient clipped at "
+                    "global norm 1; --optimizer rmsprop for Arjovsky et al.'s RMSProp); "
+                    "success = held-out loss below 10% of the task's baseline. Beside it, ||dL/dh_0|| at initialisation (float64). "
+                    "Results are kept per (task, cell, T, seed) in learnability.json: a run "
+                    "computes only what the file lacks for the same configuration, so cells "
+                    "can be added later by running only them. Writes learnability.json, "
+                    "learnability.csv, learnability.png, learnability_curves.png.")
+    p.add_argument("--full", action="store_true",
+                   help="the committed configuration: adding and copy at T=50,100,200,400, "
+                        "2 seeds, 1500 steps, hidden 32, batch 20, written to docs/science")
+    p.add_argument("--cells", type=_cli.names(CELLS),
+                   help=f"from {', '.join(CELLS)} (quick: rnn,lstm; full: every one of "
+                        f"{','.join(LEARN_FULL_CELLS)} that exists)")
+    p.add_argument("--tasks", type=_cli.names(LEARN_TASKS),
+                   help="adding (Arjovsky et al.'s adding problem), copy (copy memory; T is "
+                        "the delay) (quick: adding; full: adding,copy)")
+    p.add_argument("--lengths", type=_cli.ints_at_least(2),
+                   help="sequence lengths T (quick 10,50; full 50,100,200,400)")
+    p.add_argument("--seeds", type=_cli.positive_int, help="seeds 0 .. n-1 (default 2)")
+    p.add_argument("--steps", type=_cli.positive_int,
+                   help="training steps per run (quick 300, full 1500)")
+    p.add_argument("--hidden", type=_cli.positive_int, help="hidden size (default 32)")
+    p.add_argument("--batch", type=_cli.positive_int, help="examples per step (default 20)")
+    p.add_argument("--lr", type=_cli.positive_float, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", choices=tuple(LEARN_OPTIMIZERS),
+                   help="adam (default) or rmsprop (Arjovsky et al. 2016), both clipped at "
+                        "global norm 1")
+    p.add_argument("--log-every", dest="log_every", type=_cli.positive_int,
+                   help="steps per point of the training curve (default 50)")
+    p.add_argument("--out", help="output folder (quick: results/learnability; full: "
+                                 "docs/science)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the PNG figures (default on)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="print one line per (task, cell, T) to stderr (default on)")
+    return p
+
+
+def _learn_config(args) -> dict:
+    """What a cached record must match to be reused."""
+    return dict(hidden=args.hidden, batch=args.batch, steps=args.steps, lr=args.lr,
+                optimizer=LEARN_OPTIMIZERS[args.optimizer][0],
+                log_every=args.log_every, eval_examples=LEARN_EVAL,
+                norm_examples=LEARN_NORM_EXAMPLES, dtype="float32 (norms: float64)")
+
+
+def main_learnability(argv) -> int:
+    """``seqjax gradnorm learnability``."""
+    p = learnability_parser()
+    args = _settle(p.parse_args(argv), LEARN_QUICK, LEARN_FULL)
+    if args.cells is None:
+        args.cells = tuple(c for c in LEARN_FULL_CELLS if c in CELLS)
+    try:
+        for name in args.tasks:
+            for T in args.lengths:
+                LEARN_TASKS[name](T)
+        for c in args.cells:
+            CELLS[c][0](args.hidden)
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "learnability.json"
+    config = _learn_config(args)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if old and old.get("config") != config:
+        p.error(f"{path} holds results of another configuration ({old.get('config')}); "
+                "choose another --out or the same options")
+    records = {(r["task"], r["cell"], r["T"], r["seed"]): r for r in old.get("records", [])}
+    runs = old.get("runs", [])
+    started = time.perf_counter()
+    computed = []
+    for T in args.lengths:  # shortest first: a stopped run still has a complete corner
+        for task_name in args.tasks:
+            task = LEARN_TASKS[task_name](T)
+            for cell_name in args.cells:
+                seeds = [s for s in range(args.seeds) if (task_name, cell_name, T, s) not in records]
+                if not seeds:
+                    continue
+                make, encoder = CELLS[cell_name]
+                t0 = time.perf_counter()
+                results = experiments.learnability(
+                    make(args.hidden), task, encoder=encoder, seeds=seeds, hidden=args.hidden,
+                    batch=args.batch, steps=args.steps,
+                    optimizer=LEARN_OPTIMIZERS[args.optimizer][1](args.lr),
+                    eval_examples=LEARN_EVAL, norm_examples=LEARN_NORM_EXAMPLES,
+                    log_every=args.log_every, associative=False)
+                for r in results:
+                    r = dict(r, curve=_six(r["curve"]), grad_h=_six(r["grad_h"]))
+                    records[(task_name, cell_name, T, r["seed"])] = dict(
+                        task=task_name, cell=cell_name, T=T, time=task.time, **r)
+                computed.append([task_name, cell_name, T, seeds])
+                ratios = ", ".join(f"{r['ratio']:.3f}" for r in results)
+                _say(args.progress, f"{task_name} {cell_name} T={T}: loss/baseline {ratios}; "
+                                    f"{time.perf_counter() - t0:.1f} s")
+                meta = _meta("learnability", argv, started, computed=computed)
+                _write_json(path, dict(config=config, runs=runs + [meta],
+                                       records=_sorted_records(records)))
+    meta = _meta("learnability", argv, started, computed=computed)
+    data = dict(config=config, runs=runs + [meta] if computed or not runs else runs,
+                records=_sorted_records(records))
+    _write_json(path, data)
+    write_learnability(out, data, plots=args.plots)
+    print(learnability_table(data["records"]))
+    print(f"\nwall time {meta['wall_s']:.1f} s on {meta['machine']}; computed "
+          f"{len(computed)} (task, cell, T) groups, reused the rest from {path}")
+    return 0
+
+
+def _six(values):
+    """Six significant digits: the curves' precision, at half the file size."""
+    return [None if v is None else float(f"{v:.6g}") for v in values]
+
+
+def _cell_order(names):
+    order = {c: i for i, c in enumerate(CELLS)}
+    return sorted(set(names), key=lambda c: order.get(c, len(order)))
+
+
+def _sorted_records(records):
+    tasks_order = {t: i for i, t in enumerate(LEARN_TASKS)}
+    cells = {c: i for i, c in enumerate(CELLS)}
+    return [records[k] for k in sorted(records, key=lambda k: (
+        tasks_order.get(k[0], 99), cells.get(k[1], 99), k[2], k[3]))]
+
+
+def learnability_summary(records) -> list:
+    """Per (task, cell, T), over seeds: the median ratio of the final loss to the
+    baseline, how many seeds solved it, the geometric mean of ``||dL/dh_0||``."""
+    out = []
+    groups = {}
+    for r in records:
+        groups.setdefault((r["task"], r["cell"], r["T"]), []).append(r)
+    for (task, cell, T), sel in groups.items():
+        ratios = [r["ratio"] for r in sel if r["ratio"] is not None]
+        norms = [r["grad_h0"] for r in sel if r["grad_h0"]]
+        out.append(dict(task=task, cell=cell, T=T, seeds=len(sel),
+                        ratio=float(np.median(ratios)) if ratios else None,
+                        ratio_best=min(ratios) if ratios else None,
+                        solved=sum(r["solved"] for r in sel),
+                        grad_h0=float(np.exp(np.mean(np.log(norms)))) if norms else None,
+                        baseline=sel[0]["baseline"]))
+    return out
+
+
+def learnability_table(records) -> str:
+    """Markdown: the median final loss / baseline (solved seeds) and ||dL/dh_0||."""
+    summary = learnability_summary(records)
+    lines = ["| task | cell | T | final loss / baseline (median over seeds) | seeds solved "
+             "| ‖∂L/∂h_0‖ at init |", "|" + "---|" * 6]
+    for d in summary:
+        lines.append(f"| {d['task']} | {d['cell']} | {d['T']} | {_fmt(d['ratio'], '.3f')} | "
+                     f"{d['solved']}/{d['seeds']} | {_fmt(d['grad_h0'], '.2e')} |")
+    return "\n".join(lines)
+
+
+def write_learnability(out, data, *, plots=True):
+    """``learnability.csv`` and, with ``plots``, the two figures."""
+    out = pathlib.Path(out)
+    with open(out / "learnability.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        keys = ["task", "cell", "T", "time", "seed", "loss_init", "loss_final", "baseline",
+                "ratio", "solved", "grad_h0", "seconds"]
+        w.writerow(keys)
+        for r in data["records"]:
+            w.writerow([r[k] for k in keys])
+    paths = [out / "learnability.json", out / "learnability.csv"]
+    if plots and data["records"]:
+        paths += plot_learnability(out, data)
+    return paths
+
+
+def plot_learnability(out, data):
+    """``learnability.png``: per task, a cells x T map of the final loss relative to the
+    baseline beside ``||dL/dh_0||`` at initialisation; ``learnability_curves.png``: the
+    training curves."""
+    plt = _pyplot()
+    from matplotlib.colors import LogNorm
+
+    records, config = data["records"], data["config"]
+    summary = learnability_summary(records)
+    task_names = [t for t in LEARN_TASKS if any(r["task"] == t for r in records)]
+    cells = _cell_order(r["cell"] for r in records)
+    lengths = sorted({r["T"] for r in records})
+    fig, axes = plt.subplots(len(task_names), 2, squeeze=False,
+                             figsize=(5.0 + 2.4 * len(lengths),
+                                      1.3 + (0.45 * len(cells) + 0.9) * len(task_names)))
+    for row, task in zip(axes, task_names):
+        ratio = np.full((len(cells), len(lengths)), np.nan)
+        norm = np.full_like(ratio, np.nan)
+        solved = {}
+        for d in summary:
+            if d["task"] != task:
+                continue
+            i, j = cells.index(d["cell"]), lengths.index(d["T"])
+            ratio[i, j] = np.nan if d["ratio"] is None else d["ratio"]
+            norm[i, j] = np.nan if d["grad_h0"] is None else d["grad_h0"]
+            solved[i, j] = (d["solved"], d["seeds"])
+        im = row[0].imshow(np.clip(ratio, 1e-3, 10), cmap="RdYlGn_r", aspect="auto",
+                           norm=LogNorm(1e-2, 2))
+        fig.colorbar(im, ax=row[0], label="final loss / baseline (log)")
+        for (i, j), (n, of) in solved.items():
+            v = ratio[i, j]
+            row[0].text(j, i, f"{v:.2g}\n{n}/{of} solved" if np.isfinite(v) else "—",
+                        ha="center", va="center", fontsize=7,
+                        fontweight="bold" if n else "normal")
+        positive = norm[np.isfinite(norm) & (norm > 0)]
+        low = max(positive.min(), 1e-300) if positive.size else 1e-30
+        high = max(positive.max(), low * 10) if positive.size else 1.0
+        im = row[1].imshow(np.where(norm > 0, norm, np.nan), cmap="viridis", aspect="auto",
+                           norm=LogNorm(low, high))
+        fig.colorbar(im, ax=row[1], label="‖∂L/∂h_0‖ at init (log)")
+        middle = math.sqrt(low * high)
+        for (i, j) in solved:
+            v = norm[i, j]
+            row[1].text(j, i, f"{v:.0e}" if np.isfinite(v) else "—", ha="center",
+                        va="center", fontsize=7,
+                        color="w" if np.isfinite(v) and v < middle else "k")
+        base = "1/6" if task == "adding" else "10 log 8/(T+20)"
+        row[0].set_title(f"{task}: held-out loss / baseline ({base}); success < 0.1",
+                         fontsize=9)
+        row[1].set_title(f"{task}: ‖∂L/∂h_0‖ at initialisation"
+                         + (" (recall loss)" if task == "copy" else ""), fontsize=9)
+        for ax in row:
+            ax.set_xticks(range(len(lengths)), [str(T) for T in lengths])
+            ax.set_yticks(range(len(cells)), cells)
+            ax.set_xlabel("sequence length T" if task == "adding" else "delay T")
+    fig.suptitle(f"Learnability against length: {config['steps']} steps of "
+                 f"{config['optimizer'].split(', ')[1].split('(')[0]} "
+                 f"(lr {config['lr']:g}, clip 1), hidden {config['hidden']}, batch "
+                 f"{config['batch']}; median over seeds", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    paths = [out / "learnability.png"]
+    fig.savefig(paths[0], dpi=90)
+    plt.close(fig)
+
+    palette = plt.get_cmap("tab10" if len(cells) <= 10 else "tab20")
+    colors = {c: palette(i % palette.N) for i, c in enumerate(cells)}
+    fig, axes = plt.subplots(len(task_names), len(lengths), squeeze=False, sharey="row",
+                             figsize=(3.3 * len(lengths), 2.8 * len(task_names) + 0.8))
+    for row, task in zip(axes, task_names):
+        for ax, T in zip(row, lengths):
+            for c in cells:
+                sel = [r for r in records if (r["task"], r["cell"], r["T"]) == (task, c, T)]
+                for k, r in enumerate(sel):
+                    y = np.array([np.nan if v is None else v for v in r["curve"]]) / r["baseline"]
+                    x = (np.arange(y.size) + 1) * r["log_every"]
+                    ax.plot(x, y, color=colors[c], lw=1.1, alpha=0.85,
+                            label=c if k == 0 else None)
+            ax.axhline(1.0, color="k", ls="--", lw=0.8)
+            ax.axhline(0.1, color="k", ls=":", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_title(f"{task}, T={T}", fontsize=9)
+            ax.set_xlabel("training step")
+            ax.grid(True, alpha=0.3)
+        row[0].set_ylabel("training loss / baseline (log)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(cells), 8), fontsize=8,
+               frameon=False)
+    fig.suptitle("Training curves (every seed; dashed: baseline, dotted: success threshold)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    paths.append(out / "learnability_curves.png")
+    fig.savefig(paths[1], dpi=80)
+    plt.close(fig)
+    return paths
+
+
+EXPERIMENTS = {
+    "memory": ("the curse of memory (Zucchet & Orvieto 2024): Var h_t and the sensitivity "
+               "dh_t/dlambda, measured against theory", main_memory),
+    "propagation": ("signal propagation at initialisation (Zucchet & Orvieto 2024, Fig. 5): "
+                    "h_t^2 and lambda-gradients per layer against the timescale", main_propagation),
+    "learnability": ("learnability against length: which cell learns adding / copy at which "
+                     "T, beside ||dL/dh_0|| at initialisation", main_learnability),
+}

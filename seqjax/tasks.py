@@ -13,18 +13,22 @@ static configuration in the closure; the same key always gives the same example.
   Schmidhuber 1997 (experiment 4); predicting the constant 0.5 scores ``19/480``.
 * :func:`copy_memory`: Arjovsky et al. 2016's copying memory problem; the memoryless
   strategy scores ``10 log 8 / (T + 20)``.
+* :func:`ar1_inputs`: stationary inputs with autocorrelation ``rho`` (an AR(1)
+  process), the inputs of Zucchet & Orvieto 2024's analysis of the curse of memory.
 
 References:
   Hochreiter & Schmidhuber, "Long short-term memory", Neural Computation 1997,
   section 5.4 (experiment 4, adding problem).
   Arjovsky, Shah & Bengio, "Unitary evolution recurrent neural networks", ICML 2016,
   section 4.1 (copying memory) and 4.2 (adding problem).
+  Zucchet & Orvieto, "Recurrent neural networks: vanishing and exploding gradients are
+  not the end of the story", NeurIPS 2024 (inputs of autocorrelation ``rho``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +69,12 @@ class Task(NamedTuple):
       output_size: features per step the model must output.
       time: the time axis of ``inputs`` (the longest possible sequence).
       name: a human-readable description for logs and plot titles.
+      memory_loss: ``(outputs, example) -> scalar``, the part of the loss that can
+        only be lowered by remembering across the task's delay (copy memory: the
+        recall window), or ``None`` when that is the whole ``loss`` (the adding
+        problems read one output, at the last step). Gradient diagnostics such as
+        ``||d memory_loss / dh_0||`` use it so that the short path from ``h_0`` to
+        the first outputs does not mask the long one.
     """
 
     sample: Callable[[Array], Example]
@@ -74,6 +84,7 @@ class Task(NamedTuple):
     output_size: int
     time: int
     name: str
+    memory_loss: Optional[Callable[[Array, Example], Array]] = None
 
 
 def sample_batch(task: Task, key, batch_size: int) -> Example:
@@ -266,5 +277,60 @@ def copy_memory(delay: int, *, memorize: int = 10, categories: int = 8) -> Task:
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs,
                                                                          example.targets))
 
+    def recall_loss(outputs, example):
+        _check_outputs(outputs, "copy_memory", time, vocab)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+            outputs[T + M:], example.targets[T + M:]))
+
     return Task(sample, loss, M * math.log(C) / time, vocab, vocab, time,
-                f"copy memory (Arjovsky et al. 2016), T={T}")
+                f"copy memory (Arjovsky et al. 2016), T={T}", recall_loss)
+
+
+# ------------------------------------------------------------------ autocorrelated
+
+
+def ar1_inputs(key, time: int, size: int, rho, *, previous=None, dtype=jnp.float32) -> Array:
+    """Stationary inputs of unit variance and autocorrelation ``rho``: an AR(1) process.
+
+    .. math:: x_t = \\rho\\, x_{t-1} + \\sqrt{1 - \\rho^2}\\, \\xi_t, \\qquad
+              \\xi_t \\sim \\mathcal N(0, 1)
+
+    so that ``E[x_t] = 0``, ``E[x_t^2] = 1`` and ``E[x_t x_{t+k}] = rho^|k|`` for every
+    ``t``: the first step is drawn from the stationary law ``N(0, 1)`` (or continues
+    ``previous``), so no burn-in is needed. The ``size`` features are independent.
+    Evaluated as a linear recurrence with ``jax.lax.associative_scan``.
+
+    Args:
+      key: PRNG key.
+      time: number of steps (static).
+      size: number of independent features (static).
+      rho: the autocorrelation, ``-1 < rho < 1`` (may be traced).
+      previous: ``None``, or ``[size]``, the step before the first: continue a
+        sequence drawn in pieces (the pieces then join into one stationary sequence).
+      dtype: a floating dtype.
+
+    Returns:
+      ``[time, size]``.
+
+    References:
+      Zucchet & Orvieto, "Recurrent neural networks: vanishing and exploding gradients
+      are not the end of the story", NeurIPS 2024, section 2 (inputs of
+      autocorrelation ``rho``).
+    """
+    time = _checks.positive_int(time, "time")
+    size = _checks.positive_int(size, "size")
+    if isinstance(rho, (int, float)) and not -1.0 < rho < 1.0:
+        raise ValueError(f"ar1_inputs: rho must be in (-1, 1), got {rho}")
+    rho = jnp.asarray(rho, dtype)
+    noise = jax.random.normal(key, (time, size), dtype) * jnp.sqrt(1 - rho * rho)
+    if previous is None:  # x_0 ~ N(0, 1): scale the first innovation to unit variance
+        first = noise[0] / jnp.sqrt(1 - rho * rho)
+    else:
+        first = rho * jnp.asarray(previous, dtype) + noise[0]
+    b = noise.at[0].set(first)
+    a = jnp.broadcast_to(rho, b.shape)
+
+    def combine(earlier, later):
+        return earlier[0] * later[0], later[0] * earlier[1] + later[1]
+
+    return jax.lax.associative_scan(combine, (a, b))[1]

@@ -106,7 +106,7 @@ def test_outputs_and_figures_are_written(result):
         assert (out / name).stat().st_size > 0
     lines = (out / "gradnorm.csv").read_text().splitlines()
     assert len(lines) == 1 + 2 * 2 * 2 * 5  # header + cells x seeds x phases x (T + 1)
-    for name in ("gradnorm_t.png", "gradnorm_T.png", "loss.png"):
+    for name in ("gradnorm_by_step.png", "gradnorm_by_length.png", "loss.png"):
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 200_000
     curves = data["curves"]
@@ -138,4 +138,8 @@ def test_bad_arguments_exit_with_a_message(capsys):
     assert "min_length must be >= 20" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gradnorm.main(["--seeds", "0"])
-    assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert "argument --seeds: expected a positive integer (>= 1), got '0'" in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        gradnorm.main(["--lengths", "10,x"])
+    assert "argument --lengths" in capsys.readouterr().err

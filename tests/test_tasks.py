@@ -126,6 +126,30 @@ def test_copy_memory_construction_and_baseline():
     want = -np.mean(np.take_along_axis(log_p, targets[..., None], -1))
     small = jax.tree_util.tree_map(lambda x: x[:8], b)
     assert _mean_loss(task, jnp.asarray(logits), small) == pytest.approx(want, rel=1e-5)
+    # the memory loss: the same cross-entropy over the recall window only
+    recall = -np.mean(np.take_along_axis(log_p, targets[..., None], -1)[:, T + 10:])
+    got = float(jnp.mean(jax.vmap(task.memory_loss)(jnp.asarray(logits), small)))
+    assert got == pytest.approx(recall, rel=1e-5)
+    assert tasks.adding_problem(4).memory_loss is None  # its loss is all memory
+
+
+def test_ar1_inputs_are_stationary_with_autocorrelation_rho():
+    """Unit variance at every step (from the first), E[x_t x_(t+k)] = rho^k, independent
+    features, and pieces joined with ``previous`` continue the same process; each
+    checked within 5 standard errors of 20,000 sequences."""
+    rho, n, T = 0.9, 20000, 30
+    draw = jax.jit(jax.vmap(lambda k: tasks.ar1_inputs(k, T, 2, rho)))
+    x = np.asarray(draw(jax.random.split(jax.random.PRNGKey(0), n)), np.float64)
+    se = 5 * np.sqrt(2 / n)  # of a variance / a correlation near 1, generously
+    assert abs(x[:, 0].var() - 1) < se and abs(x[:, -1].var() - 1) < se
+    for k in (1, 5, 20):
+        assert abs(np.mean(x[:, 3] * x[:, 3 + k]) - rho ** k) < se
+    assert abs(np.mean(x[:, 7, 0] * x[:, 7, 1])) < 5 / np.sqrt(n)
+    more = jax.jit(jax.vmap(lambda k, prev: tasks.ar1_inputs(k, 5, 2, rho, previous=prev)))
+    y = np.asarray(more(jax.random.split(jax.random.PRNGKey(1), n), x[:, -1]), np.float64)
+    assert abs(np.mean(x[:, -1] * y[:, 0]) - rho) < se and abs(y[:, 0].var() - 1) < se
+    with pytest.raises(ValueError, match="rho must be in"):
+        tasks.ar1_inputs(jax.random.PRNGKey(0), 4, 1, 1.0)
 
 
 def test_bad_configuration_and_outputs_are_refused():

@@ -53,12 +53,23 @@ def default_hoist(backend: Optional[str] = None) -> bool:
 # H = 256), where the per-step weight-gradient matmuls have few rows; at B >= 64 they are
 # efficient, the LSTM breaks even and the GRU (whose fused pass saves u and r apart)
 # takes 1.10-1.18x. No limit elsewhere: cuDNN's own backward has this structure.
+# With a 16-bit compute dtype (mixed precision: the cell's `dtype=`) the fused pass won
+# at every batch measured: `python benchmarks/mixed_precision.py`
+# (docs/bench/mixed_precision.md; LSTM and GRU, B16/T512/H128 and B64/T256/H256), at
+# B = 64 fused/plain 0.78 (LSTM) and 0.76 (GRU), since JAX's own transpose then rounds
+# and converts every step's weight-gradient matmul.
 FUSED_MAX_BATCH_BY_BACKEND = {"cpu": 63}
+FUSED_MAX_BATCH_16BIT_COMPUTE_BY_BACKEND = {"cpu": None}
 
 
-def default_fused(batch: int, backend: Optional[str] = None) -> bool:
-    """Whether :func:`unroll_batch` uses the fused backward pass for ``batch`` examples."""
-    limit = FUSED_MAX_BATCH_BY_BACKEND.get(backend or jax.default_backend())
+def default_fused(batch: int, backend: Optional[str] = None, compute_dtype=None) -> bool:
+    """Whether :func:`unroll_batch` uses the fused backward pass for ``batch`` examples
+    of a cell whose matmuls run in ``compute_dtype`` (``None``: the params' dtype)."""
+    backend = backend or jax.default_backend()
+    table = FUSED_MAX_BATCH_BY_BACKEND
+    if compute_dtype is not None and jnp.dtype(compute_dtype).itemsize == 2:
+        table = FUSED_MAX_BATCH_16BIT_COMPUTE_BY_BACKEND
+    limit = table.get(backend)
     return limit is None or batch <= limit
 
 
@@ -494,8 +505,10 @@ def _evaluate(cell: Cell, params, xs, state, valid, options: _Options):
                                         else options.hoist)
     if options.pallas and cell.hoist is not None and cell.hoist.recurrent is not None:
         return _pallas_recurrent(cell.hoist, params, xs, state, valid, options.reverse)
-    fused = default_fused(xs.shape[1]) if options.fused is None else options.fused
-    if cell.hoist is not None and cell.hoist.recurrent is not None and fused:
+    recurrent = None if cell.hoist is None else cell.hoist.recurrent
+    fused = (default_fused(xs.shape[1], compute_dtype=getattr(recurrent, "dtype", None))
+             if options.fused is None else options.fused)
+    if recurrent is not None and fused:
         return _fused(cell.hoist, params, xs, state, valid, options.reverse, options.unroll,
                       hoist)
 

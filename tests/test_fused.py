@@ -168,3 +168,10 @@ def test_default_fused_is_chosen_per_batch_size():
     if jax.default_backend() == "cpu":
         assert sj.default_fused(63) and not sj.default_fused(64)
         assert reverse_dots(63) == 1 and reverse_dots(64) >= 3
+        # a 16-bit compute dtype: fused at every batch measured (mixed_precision.md)
+        assert sj.default_fused(64, compute_dtype=jnp.bfloat16)
+        assert not sj.default_fused(64, compute_dtype=jnp.float32)
+        mixed = sj.lstm(H, dtype=jnp.bfloat16)
+        fn = jax.grad(lambda p, x: jnp.sum(sj.unroll_batch(mixed, p, x, hoist=False)[1]))
+        assert max(d for r, d in _backward_scan_dots(fn, params, jnp.ones((64, T, I)))
+                   if r) == 1

@@ -9,8 +9,8 @@
 
 The generic contract tests (loop, reverse, lengths, padded gradients, chunks, remat,
 check_grads) run on these cells through the registry of ``tests/test_unroll.py``: for
-rg_lru and s6 they compare the associative scan (the unroll's default) with stepping
-``apply``, with random states, lengths and both directions;
+rg_lru and s6 they compare the associative scan and the sequential scan (the CPU
+default) with stepping ``apply``, with random states, lengths and both directions;
 this file adds the parity tests, each cell's own properties, and the batch, jit,
 stack, bidirectional, bfloat16, bad-input and parameter-count checks that the
 registry runs on selected cells only.

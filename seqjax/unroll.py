@@ -209,8 +209,13 @@ def unroll(
         mamba2: those with ``cell.chunkwise``) in their chunkwise-parallel form:
         dense matmuls inside chunks of ``chunk_size`` steps and a scan over chunks
         carrying the state (:mod:`seqjax.chunkwise`); the backward pass stores one
-        ``[d_k, d_v]`` state per chunk and head, not per step. ``None`` means yes;
-        ``False`` steps through time with the cell's ``apply`` (same numbers).
+        ``[d_k, d_v]`` state per chunk and head, not per step. ``True``: always.
+        ``False``: step through time with the cell's ``apply`` (same numbers, one
+        state per step in the backward pass). ``None``: differentiate the chunkwise
+        form always; on CPU, run an unroll that nothing differentiates (inference)
+        as the step-by-step scan, measured faster there forward only
+        (docs/bench/chunkwise.md; a ``jax.custom_jvp`` whose value is the scan's and
+        whose derivatives are the chunkwise form's).
       chunk_size: steps per chunk of the chunkwise form, a positive int (cut to the
         sequence length when longer; an uneven last chunk is padded with steps that
         leave the state unchanged). ``None`` picks
@@ -495,6 +500,8 @@ def _checkpointed_chunks(evaluate, xs, state, valid, reverse):
 def _evaluate(cell: Cell, params, xs, state, valid, options: _Options):
     """One unroll of ``cell`` over masked ``xs [T, B, F]``, by the cell's best strategy."""
     if cell.chunkwise is not None and options.chunkwise is not False:
+        if options.chunkwise is None and not _chunkwise_forward(state):
+            return _scan_unless_differentiated(cell, params, xs, state, valid, options)
         return _chunkwise(cell.chunkwise, params, xs, state, valid, options)
     if cell.linear is not None:
         scan = _linear_scan(options, xs.shape[0], lambda: _growth(cell.linear, params, xs))
@@ -532,6 +539,41 @@ def _evaluate(cell: Cell, params, xs, state, valid, options: _Options):
 
     return lax.scan(masked_body, state, (inputs, valid), reverse=options.reverse,
                     unroll=options.unroll)
+
+
+# Whether a matrix-state cell's unroll that nothing differentiates (inference) also runs
+# the chunkwise form, by backend. XLA:CPU: no -- docs/bench/chunkwise.md (B 8, H 64, T
+# 512 to 8,192) measured the forward pass 1.1-2.3x slower chunked than as a plain scan
+# over `apply` for T >= 1,024 (a forward scan keeps only the current state), while the
+# chunked forward+backward took 0.10-0.48x the scan's. So on CPU `chunkwise=None` runs
+# the scan and differentiates the chunkwise form (a custom_jvp, below). Elsewhere:
+# unmeasured, chunked. 16-bit states always run chunked: the chunkwise form computes in
+# float32 inside, where a step-by-step scan rounds the state at every step.
+CHUNKWISE_FORWARD_BY_BACKEND = {"cpu": False}
+
+
+def _chunkwise_forward(state, backend: Optional[str] = None) -> bool:
+    if any(jnp.dtype(l.dtype).itemsize < 4 for l in jax.tree_util.tree_leaves(state)):
+        return True
+    return CHUNKWISE_FORWARD_BY_BACKEND.get(backend or jax.default_backend(), True)
+
+
+def _scan_unless_differentiated(cell: Cell, params, xs, state, valid, options: _Options):
+    """The plain scan over ``apply`` as the value, the chunkwise form's derivative as
+    its derivative: what nothing differentiates runs as the scan; ``jax.grad``,
+    ``jax.jvp`` and the rest trace the ``jax.custom_jvp`` rule, so they see, and store
+    residuals of, the chunkwise form only. The two compute the same function (tested to
+    1e-10 in float64)."""
+
+    def stepped(params, xs, state, valid):
+        return _evaluate(cell, params, xs, state, valid, options._replace(chunkwise=False))
+
+    def chunked(params, xs, state, valid):
+        return _chunkwise(cell.chunkwise, params, xs, state, valid, options)
+
+    run = jax.custom_jvp(stepped)
+    run.defjvp(lambda primals, tangents: jax.jvp(chunked, primals, tangents))
+    return run(params, xs, state, valid)
 
 
 def _chunkwise(form, params, xs, state, valid, options: _Options):

@@ -13,6 +13,7 @@ import importlib.util
 import pathlib
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -306,12 +307,13 @@ def test_chunkwise_equals_step_float64(name, x64):
         result = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, state)
         if chunkwise is False:
             return result, None
-        first = sj.unroll_batch(cell, params, xs[:, :7], state, chunk_size=3)
-        second = sj.unroll_batch(cell, params, xs[:, 7:], first[0], chunk_size=3)
-        whole = sj.unroll_batch(cell, params, xs, state, chunk_size=3)
+        first = sj.unroll_batch(cell, params, xs[:, :7], state, chunkwise=True, chunk_size=3)
+        second = sj.unroll_batch(cell, params, xs[:, 7:], first[0], chunkwise=True,
+                                 chunk_size=3)
+        whole = sj.unroll_batch(cell, params, xs, state, chunkwise=True, chunk_size=3)
         return result, (whole, (second[0], jnp.concatenate([first[1], second[1]], axis=1)))
 
-    ((_, chunked), grads), (whole, streamed) = both_ways(params, xs, state, None)
+    ((_, chunked), grads), (whole, streamed) = both_ways(params, xs, state, True)
     ((_, stepped), step_grads), _ = both_ways(params, xs, state, False)
     _close(chunked, stepped, 1e-10)
     _close(grads, step_grads, 1e-10)
@@ -331,9 +333,10 @@ def test_vmap_stack_and_bidirectional_use_the_chunkwise_form(x64):
     lengths = jnp.array([9, 4, 1])
     for net in (stack, model):
         params = net.init(jax.random.PRNGKey(0), I)
-        batch = sj.unroll_batch(net, params, xs, lengths=lengths, chunk_size=2)
-        mapped = jax.vmap(lambda x, n: sj.unroll(net, params, x, length=n, chunk_size=2))(
-            xs, lengths)
+        batch = sj.unroll_batch(net, params, xs, lengths=lengths, chunkwise=True,
+                                chunk_size=2)
+        mapped = jax.vmap(lambda x, n: sj.unroll(net, params, x, length=n, chunkwise=True,
+                                                 chunk_size=2))(xs, lengths)
         stepped = sj.unroll_batch(net, params, xs, lengths=lengths, chunkwise=False)
         _close(batch, mapped, 1e-10)
         _close(batch, stepped, 1e-10)
@@ -348,7 +351,46 @@ def test_chunkwise_equals_step_float32(name):
     xs = jax.random.normal(jax.random.PRNGKey(1), (2, 512, I))
     run = jax.jit(lambda p, x, c: sj.unroll_batch(cell, p, x, chunkwise=c, chunk_size=64),
                   static_argnums=2)
-    _close(run(params, xs, None), run(params, xs, False), 1e-5)
+    _close(run(params, xs, True), run(params, xs, False), 1e-5)
+
+
+def _scan_lengths(fn, *args):
+    lengths = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                lengths.append(eqn.params["length"])
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return lengths
+
+
+def test_inference_scans_and_derivatives_use_the_chunkwise_form(x64):
+    """``chunkwise=None`` on CPU: an unroll that nothing differentiates runs as a plain
+    scan over the 12 steps (measured faster forward, docs/bench/chunkwise.md), while
+    ``jax.grad`` and ``jax.jvp`` see only the chunkwise form (3 chunks of 4; a
+    ``custom_jvp``), so the backward pass stores one state per chunk. Values and
+    derivatives equal ``chunkwise=True``'s."""
+    cell = MATRIX["gated_delta_net"](jnp.float64)
+    params = cell.init(jax.random.PRNGKey(0), I)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (2, 12, I), jnp.float64)
+
+    def fwd(params, xs, chunkwise=None):
+        return sj.unroll_batch(cell, params, xs, chunkwise=chunkwise, chunk_size=4)[1]
+
+    grad = jax.grad(lambda p, x: jnp.sum(jnp.sin(fwd(p, x))), argnums=(0, 1))
+    if jax.default_backend() == "cpu":
+        assert 12 in _scan_lengths(fwd, params, xs) and 3 not in _scan_lengths(fwd, params, xs)
+    assert 3 in _scan_lengths(grad, params, xs) and 12 not in _scan_lengths(grad, params, xs)
+    _close(fwd(params, xs), fwd(params, xs, True), 1e-10)
+    _close(grad(params, xs), jax.grad(lambda p, x: jnp.sum(jnp.sin(fwd(p, x, True))),
+                                      argnums=(0, 1))(params, xs), 1e-10)
+    tangent = jax.random.normal(jax.random.PRNGKey(2), xs.shape, jnp.float64)
+    _close(jax.jvp(lambda x: fwd(params, x), (xs,), (tangent,)),
+           jax.jvp(lambda x: fwd(params, x, True), (xs,), (tangent,)), 1e-10)
 
 
 def _recurrences(cell, params, xs, dtype):
@@ -400,7 +442,7 @@ def test_long_sequences_with_large_gates(name):
     for dtype in (jnp.float32, jnp.bfloat16):
         cell = MATRIX[name](dtype)
         params = _stress_params(name, cell.init(jax.random.PRNGKey(0), I))
-        ys = sj.unroll(cell, params, xs[:, 0].astype(dtype))[1]  # the whole cell, chunkwise
+        ys = sj.unroll(cell, params, xs[:, 0].astype(dtype), chunkwise=True)[1]
         assert np.all(np.isfinite(np.asarray(ys, np.float32)))
         chunked, stepped, reference = jax.jit(
             lambda p, cell=cell, dtype=dtype: _recurrences(cell, p, xs, dtype))(params)

@@ -70,7 +70,9 @@ def variants(spec, hoist: str, associative: str, unroll: int, fused: str = "auto
                 if size is not None:
                     opts["chunk_size"] = size
                 shown = seqjax.default_chunk_size() if size is None else size
-                out.append((f"chunkwise=on,chunk={shown}", opts))
+                # auto: the default, which on CPU runs a forward pass that nothing
+                # differentiates as the scan and differentiates the chunkwise form
+                out.append((f"chunkwise={'auto' if v is None else 'on'},chunk={shown}", opts))
     elif spec.base.option != "hoist":
         out = []
         for v in _CHOICES[associative]:

@@ -36,6 +36,7 @@ from jax import lax
 
 from seqjax import _checks
 from seqjax.cells import Cell, SequenceModel
+from seqjax.cells.contract import _getattr, _is_default, _show
 from seqjax.unroll import unroll
 
 Array = jax.Array
@@ -334,8 +335,6 @@ def _described(fn):
 
 
 def _model_repr(self) -> str:
-    from seqjax.cells.contract import _is_default, _show
-
     signature = _SIGNATURES.get(self.name)
     if signature is None:
         return f"{type(self).__name__}(...)"
@@ -347,16 +346,9 @@ def _model_repr(self) -> str:
     return f"{self.name}({', '.join(parts)})"
 
 
-def _model_getattr(self, attr):
-    for key, value in tuple.__getitem__(self, -1):  # config, the last field
-        if key == attr:
-            return value
-    raise AttributeError(f"{type(self).__name__} {self.name or ''!s} has no attribute {attr!r}")
-
-
 for _kind in (Model, LanguageModel, Seq2Seq):
     _kind.__repr__ = _model_repr
-    _kind.__getattr__ = _model_getattr
+    _kind.__getattr__ = _getattr  # config, read back as attributes, as cells do
 
 
 # ------------------------------------------------------------------ state bridges

@@ -97,9 +97,9 @@ def default_associative(length: int, backend: Optional[str] = None) -> bool:
 # to 4,096, forward + backward, as ratios to stepping `apply` in the same rounds):
 # precomputing won for min_gru, min_lstm and rg_lru (growth 2 at I = H: 0.55-0.73) and
 # for lru (growth 4, complex a, b: 0.56-0.85), and lost for s6 (growth 32, an [H, 16]
-# state: 1.8-2.1). An earlier run on a machine loaded 4-6x more had lru losing; the quieter run
-# of 2026-11-26 14:14 decides. GPU and TPU: UNMEASURED; always (there the associative
-# scan or the Pallas kernel is the default anyway).
+# state: 1.8-2.1). An earlier run on a machine loaded 4-6x more had lru losing; the
+# quieter run of 2026-11-26 14:14 decides. GPU and TPU: UNMEASURED; always (there the
+# associative scan or the Pallas kernel is the default anyway).
 LINEAR_HOIST_MAX_GROWTH_BY_BACKEND = {"cpu": 4.0}
 
 

@@ -7,12 +7,12 @@ JAX differentiating ``lax.scan`` itself. Float64, so agreement is to rounding.
 """
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import seqjax as sj
+from _jaxpr import scan_dots
 
 B, T, I, H = 3, 6, 4, 5
 LENGTHS = jnp.array([6, 2, 0], jnp.int32)
@@ -117,23 +117,6 @@ def test_forward_mode_needs_fused_false(x64):
                                rtol=1e-10)
 
 
-def _backward_scan_dots(fn, *args):
-    """Number of ``dot_general`` inside each ``scan`` body of ``fn``'s jaxpr."""
-    counts = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "scan":
-                body = eqn.params["jaxpr"].jaxpr
-                counts.append((eqn.params["reverse"],
-                               sum(e.primitive.name == "dot_general" for e in body.eqns)))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return counts
-
-
 def test_fused_backward_loop_has_one_matmul():
     """The point of the fused pass: the backward loop multiplies by W_h only; the
     weight and input gradients are formed outside it. The plain scan's transpose has
@@ -147,8 +130,8 @@ def test_fused_backward_loop_has_one_matmul():
                                                              hoist=False)[1]),
                         argnums=(0, 1))
 
-    fused = _backward_scan_dots(grad(True), params, xs)
-    plain = _backward_scan_dots(grad(False), params, xs)
+    fused = scan_dots(grad(True), params, xs)
+    plain = scan_dots(grad(False), params, xs)
     assert sorted(fused) == [(False, 2), (True, 1)]  # forward: x W_i and h W_h
     assert max(dots for reverse, dots in plain if reverse) >= 3
 
@@ -162,7 +145,7 @@ def test_default_fused_is_chosen_per_batch_size():
     def reverse_dots(batch):
         xs = jnp.ones((batch, T, I))
         fn = jax.grad(lambda p, x: jnp.sum(sj.unroll_batch(cell, p, x, hoist=False)[1]))
-        return max(d for reverse, d in _backward_scan_dots(fn, params, xs) if reverse)
+        return max(d for reverse, d in scan_dots(fn, params, xs) if reverse)
 
     assert sj.default_fused(1)
     if jax.default_backend() == "cpu":
@@ -173,5 +156,5 @@ def test_default_fused_is_chosen_per_batch_size():
         assert not sj.default_fused(64, compute_dtype=jnp.float32)
         mixed = sj.lstm(H, dtype=jnp.bfloat16)
         fn = jax.grad(lambda p, x: jnp.sum(sj.unroll_batch(mixed, p, x, hoist=False)[1]))
-        assert max(d for r, d in _backward_scan_dots(fn, params, jnp.ones((64, T, I)))
+        assert max(d for r, d in scan_dots(fn, params, jnp.ones((64, T, I)))
                    if r) == 1

@@ -13,7 +13,6 @@ import importlib.util
 import pathlib
 
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,6 +21,8 @@ from jax import lax
 import seqjax as sj
 from seqjax import chunkwise as cw
 from seqjax import diagnostics
+
+from _jaxpr import scans
 
 torch = pytest.importorskip("torch")
 
@@ -355,17 +356,7 @@ def test_chunkwise_equals_step_float32(name):
 
 
 def _scan_lengths(fn, *args):
-    lengths = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "scan":
-                lengths.append(eqn.params["length"])
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return lengths
+    return [e.params["length"] for e in scans(fn, *args)]
 
 
 def test_inference_scans_and_derivatives_use_the_chunkwise_form(x64):

@@ -30,6 +30,7 @@ import pytest
 import seqjax as sj
 from seqjax.bench import cells as bench_cells
 from seqjax.bench import harness
+from _jaxpr import scan_dots
 
 B, T = 2, 6
 
@@ -213,25 +214,6 @@ def test_slstm_stabiliser_keeps_float32_finite():
     assert raw.dtype == np.float32 and not np.all(np.isfinite(raw))
 
 
-def _scan_dots(fn, *args):
-    """``(reverse, dot_general count)`` of every scan body in ``fn``'s jaxpr."""
-    import jax.extend.core
-
-    counts = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "scan":
-                body = eqn.params["jaxpr"].jaxpr
-                counts.append((eqn.params["reverse"],
-                               sum(e.primitive.name == "dot_general" for e in body.eqns)))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return counts
-
-
 @pytest.mark.parametrize("reverse", [False, True])
 def test_slstm_fused_backward_equals_autodiff_of_the_scan(x64, reverse):
     """fused=True (the Recurrent form: R's dense block-diagonal matrix, its gradient
@@ -260,7 +242,7 @@ def test_slstm_fused_backward_equals_autodiff_of_the_scan(x64, reverse):
     # the off-diagonal (cross-head) entries of the dense R get no gradient: r holds blocks
     assert g1[0].r.shape == params.r.shape
     if not reverse:  # the point of the fused form: one matmul (dr @ R.T) going back
-        dots = _scan_dots(jax.grad(lambda p, x: loss(p, x, state, True)), params, xs)
+        dots = scan_dots(jax.grad(lambda p, x: loss(p, x, state, True)), params, xs)
         assert [n for rev, n in dots if rev] == [1]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import seqjax as sj
+from _jaxpr import equations
 
 B, T, I, H = 3, 6, 4, 5
 
@@ -35,13 +36,8 @@ def _data(name):
 def _batch_dot_generals(jaxpr):
     """dot_generals with batch dimensions, anywhere in a (nested) jaxpr: what a fused
     backward vmapped per example would form (one weight gradient per example)."""
-    found = 0
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general" and eqn.params["dimension_numbers"][1][0]:
-            found += 1
-        for sub in jax.core.jaxprs_in_params(eqn.params):
-            found += _batch_dot_generals(sub)
-    return found
+    return sum(e.primitive.name == "dot_general" and bool(e.params["dimension_numbers"][1][0])
+               for e in equations(jaxpr))
 
 
 @pytest.mark.parametrize("name", sorted(CELLS))

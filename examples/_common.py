@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
+import sys
 
 import numpy as np
 
 import seqjax
+
+# what `pip install "seqjax[examples]"` installs, by import name
+EXTRA = {"sklearn": "scikit-learn", "statsmodels": "statsmodels"}
 
 CELLS = {
     "lstm": seqjax.lstm,
@@ -72,3 +77,20 @@ def minibatches(arrays: dict, batch_size: int, seed: int):
 def losses_of(history) -> list:
     """The training loss of every step from :func:`seqjax.train.fit`'s history."""
     return [entry["loss"] for entry in history]
+
+
+def require(example: str, *modules: str) -> None:
+    """Exits with status 1 and one line saying what to install when one of ``modules``
+    (top-level import names of the ``examples`` extra) is not installed: no traceback.
+
+    The examples import these packages inside the functions that use them, so that
+    ``--help`` works without them; ``main`` calls this once its arguments are parsed.
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] != module:  # a module *it* imports
+                raise
+            sys.exit(f"{example} needs {EXTRA.get(module, module)}, which is not "
+                     f'installed: pip install "seqjax[examples]"')

@@ -16,14 +16,20 @@ the most frequent training label).
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
-from examples._common import CELLS, losses_of, minibatches, parser_for
-from seqjax import _cli, losses, models, train
+# Run as a file (python examples/digits.py), the checkout's root is not on the
+# path, so `examples` would not be importable: put it first.
+if not __package__:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from examples._common import CELLS, losses_of, minibatches, parser_for, require  # noqa: E402
+from seqjax import _cli, losses, models, train  # noqa: E402
 
 MODES = ("rows", "pixels")
 
@@ -40,6 +46,9 @@ def load(mode: str = "rows", *, test_size: float = 0.25, seed: int = 0):
       ``(x_train, y_train, x_test, y_test)``: float32 ``[n, 8, 8]`` or ``[n, 64, 1]``
       images scaled to ``[0, 1]`` and int32 labels ``[n]``.
     """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     digits = load_digits()
@@ -101,6 +110,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="do not draw the training progress bar")
     args = parser.parse_args(argv)
+    require("examples/digits.py", "sklearn")
     modes = MODES if args.mode == "both" else (args.mode,)
     results = {}
     for mode in modes:

@@ -19,12 +19,19 @@ Run::
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import jax
 import numpy as np
-import statsmodels.api as sm
 
-from examples._common import CELLS, losses_of, minibatches, parser_for
-from seqjax import _cli, losses, models, train
+# Run as a file (python examples/forecast.py), the checkout's root is not on the
+# path, so `examples` would not be importable: put it first.
+if not __package__:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from examples._common import CELLS, losses_of, minibatches, parser_for, require  # noqa: E402
+from seqjax import _cli, losses, models, train  # noqa: E402
 
 
 def load_series():
@@ -33,6 +40,8 @@ def load_series():
     Returns:
       ``(years, values)``: int ``[309]`` years 1700..2008 and float32 ``[309]`` values.
     """
+    import statsmodels.api as sm
+
     frame = sm.datasets.sunspots.load_pandas().data
     years = frame["YEAR"].to_numpy().astype(np.int64)
     return years, frame["SUNACTIVITY"].to_numpy().astype(np.float32)
@@ -128,6 +137,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="do not draw the training progress bar")
     args = parser.parse_args(argv)
+    require("examples/forecast.py", "statsmodels")
     metrics = run(cell=args.cell, hidden=args.hidden, window=args.window, steps=args.steps,
                   batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                   progress=args.progress)

@@ -35,19 +35,23 @@ from __future__ import annotations
 import collections
 import csv
 import os
+import pathlib
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.feature_extraction.text import CountVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
-import seqjax
-from examples._common import CELLS, losses_of, minibatches, parser_for
-from seqjax import _cli, losses, models, train
+# Run as a file (python examples/sentiment.py), the checkout's root is not on the
+# path, so `examples` would not be importable: put it first.
+if not __package__:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import seqjax  # noqa: E402
+from examples._common import CELLS, losses_of, minibatches, parser_for, require  # noqa: E402
+from seqjax import _cli, losses, models, train  # noqa: E402
 
 DEFAULT_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sentiment.csv")
 PAD, UNK = 0, 1
@@ -184,6 +188,10 @@ def run(*, csv_path=DEFAULT_CSV, text_column: str = "text", label_column: str = 
       regression's accuracy on the same folds), ``fold_accuracy`` (one per fold),
       ``n``, ``label_names`` and ``losses`` (training loss per step, per fold).
     """
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
     texts, labels, names = load_csv(csv_path, text_column=text_column,
                                     label_column=label_column)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -246,6 +254,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="do not draw the training progress bar")
     args = parser.parse_args(argv)
+    require("examples/sentiment.py", "sklearn")
     metrics = run(**vars(args))
     folds = ", ".join(f"{a:.3f}" for a in metrics["fold_accuracy"])
     print(f"sentiment [bidirectional {args.cell}] {args.folds}-fold cross-validated accuracy "

@@ -21,12 +21,19 @@ Run::
 from __future__ import annotations
 
 import collections
+import pathlib
+import sys
 
 import jax
 import numpy as np
 
-from examples._common import CELLS, losses_of, minibatches, parser_for
-from seqjax import _cli, losses, models, train
+# Run as a file (python examples/seq2seq_addition.py), the checkout's root is not on the
+# path, so `examples` would not be importable: put it first.
+if not __package__:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from examples._common import CELLS, losses_of, minibatches, parser_for  # noqa: E402
+from seqjax import _cli, losses, models, train  # noqa: E402
 
 CELLS = {name: CELLS[name] for name in ("lstm", "gru", "mgu", "rnn")}
 

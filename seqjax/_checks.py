@@ -46,11 +46,42 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from seqjax.cells.contract import Cell, SequenceModel
+
 
 def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def real(value, name: str, owner: str, *, above=None, at_least=None, below=None,
+         why: str = "") -> float:
+    """A constructor's numeric argument, checked: a finite real number (never a bool),
+    ``> above``, ``>= at_least`` and ``< below`` where given. Otherwise a ``ValueError``
+    that names ``owner`` (the constructor), the argument, the allowed range, ``why``
+    (what the range guards) and the value given."""
+    bounds = ([f"> {above:g}"] if above is not None else []) + (
+        [f">= {at_least:g}"] if at_least is not None else []) + (
+        [f"< {below:g}"] if below is not None else [])
+    if len(bounds) == 2:
+        low = f"({above:g}" if above is not None else f"[{at_least:g}"
+        bounds = [f"in {low}, {below:g})"]
+    allowed = " ".join(["a finite number"] + bounds)
+    ok = not isinstance(value, (bool, str)) and np.ndim(value) == 0
+    if ok:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):  # a complex number, an object
+            ok = False
+    if ok:
+        ok = bool(np.isfinite(number) and (above is None or number > above)
+                  and (at_least is None or number >= at_least)
+                  and (below is None or number < below))
+    if not ok:
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{owner}: {name} must be {allowed}{reason}, got {name}={value!r}")
+    return number
 
 
 def _floating(x, what: str):
@@ -421,8 +452,6 @@ class _Repr:
 def cell_params(cell, params, input_size_fn) -> int:
     """Checks the params of one cell (or stack, or bidirectional model); returns the
     input size they carry. ``input_size_fn`` reads it without checking."""
-    from seqjax.cells.contract import Cell, SequenceModel
-
     label = _Repr(cell)  # formatted only if a message is
     init_name = f"{cell.name}.init" if cell.name else "cell.init"
     if isinstance(cell, Cell) and cell.layers is not None:

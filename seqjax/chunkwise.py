@@ -203,17 +203,21 @@ def _segment_sums(a):
 def _segsum(a, block: int = 8):
     """``a [..., L] -> [..., L, L]``: ``sum_{j < s <= r} a_s`` for ``j <= r``, ``-inf`` above.
 
-    The decays inside a chunk. With gates ``a <= 0`` every partial sum has one sign,
-    so summing each segment from its own gates is accurate to the segment's magnitude;
-    a difference of two running sums, ``b_r - b_j``, is only accurate to ``b_r``'s (in
-    float32, ``1e-5`` relative after a few hundred units of decay, where
-    ``exp(b_r - b_j)`` may still be 1). Two levels keep that accuracy at ``O(L^2)``:
-    inside blocks of ``block`` steps, running sums from each end of the block; across
-    blocks, the segment sums of the block totals. Entry ``(r, j)`` with ``r`` in block
-    ``R``, ``j`` in block ``J`` is ``c_r + rest_j + sum_{J < K < R} total_K`` (``c``
-    the running sum in the block, ``rest`` the sum after ``j`` in its block): terms of
-    one sign. In the diagonal block it is ``c_r + rest_j - total_J = c_r - c_j``, of
-    the block's magnitude.
+    The decays inside a chunk, each entry summed from its own segment's gates, never
+    as a difference of two running sums: with gates ``a <= 0`` every partial sum has
+    one sign, so each entry is accurate to its own magnitude, and the diagonal is
+    exactly 0 (``exp`` of it exactly 1). A difference ``b_r - b_j`` of running sums is
+    only accurate to ``b_r``'s magnitude: under strong decay (``a`` down to -45 per
+    step) that is an error of ``1e-4`` in an exponent whose true value is 0.
+
+    Two levels keep this ``O(L^2)``: inside blocks of ``block`` steps, the masked
+    cumulative sums of Dao & Gu 2024 (Listing 1, ``segsum``) on ``[block, block]``
+    tiles, which give the diagonal blocks; across blocks, entry ``(r, j)`` with ``r``
+    in block ``R > J``, the block of ``j``, is ``c_r + rest_j + sum_{J < K < R}
+    total_K`` (``c`` the sum up to ``r`` in its block, ``rest`` the sum after ``j`` in
+    its block, ``total`` the blocks' sums): terms of one sign. Nothing from a step
+    after ``r`` enters row ``r`` (every mask is a ``where``), and a gate of ``-inf``
+    (a decay of exactly 0) gives ``-inf``, never ``inf - inf``.
     """
     L = a.shape[-1]
     r = jnp.arange(L)
@@ -225,18 +229,18 @@ def _segsum(a, block: int = 8):
         a = jnp.concatenate([a, jnp.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1)
     m = a.shape[-1] // block
     x = a.reshape(a.shape[:-1] + (m, block))
+    inside = _segment_sums(x)  # [.., m, block, block]: the diagonal blocks, exactly
     c = jnp.cumsum(x, axis=-1)  # sum_{u <= i} in the block
     rest = jnp.concatenate([jnp.cumsum(x[..., :0:-1], axis=-1)[..., ::-1],
                             jnp.zeros(x.shape[:-1] + (1,), a.dtype)], axis=-1)  # u > i
-    total = c[..., -1]  # [.., m]
-    between = _segment_sums(total)  # [.., m, m]: sum_{J < K <= R} total_K
+    between = _segment_sums(c[..., -1])  # [.., m, m]: sum_{J < K <= R} total_K
     between = jnp.concatenate([jnp.zeros_like(between[..., :1, :]), between[..., :-1, :]],
-                              axis=-2)  # sum_{J < K < R} total_K at [R, J]; 0 for R = J
-    # in the diagonal block c_r - c_j = c_r + rest_j - total_J: one expression for both
-    eye = _lead(jnp.eye(m, dtype=bool), between.ndim)
-    between = between - jnp.where(eye, total[..., None, :], jnp.zeros((), a.dtype))
-    out = (c[..., :, :, None, None] + rest[..., None, None, :, :]
-           + between[..., :, None, :, None]).reshape(a.shape[:-1] + (m * block, m * block))
+                              axis=-2)  # sum_{J < K < R} total_K at [R, J]
+    across = (c[..., :, :, None, None] + rest[..., None, None, :, :]
+              + between[..., :, None, :, None])  # [.., R, r, J, j]
+    same = _lead(jnp.eye(m, dtype=bool)[:, None, :, None], across.ndim)
+    out = jnp.where(same, inside[..., :, :, None, :], across)
+    out = out.reshape(a.shape[:-1] + (m * block, m * block))
     return jnp.where(lower, out[..., :L, :L], -jnp.inf)
 
 
@@ -253,13 +257,28 @@ def _unchunk(y):
 
 
 def _prepare(features, valid, chunk_size, neutral):
-    """Pads ``[T, B, ...]`` features to whole chunks; returns ``(features, valid, L, T)``.
+    """Pads ``[T, B, ...]`` features to whole chunks and sets non-finite writes aside.
 
-    ``neutral`` maps ``(features, valid)`` to features whose invalid steps leave the
-    state unchanged.
+    Returns ``(features, valid, L, T, poisoned)``. ``neutral`` maps ``(features,
+    valid)`` to features whose invalid steps leave the state unchanged.
+
+    A step whose write is not finite (a NaN or infinite key, value, ``beta`` or input
+    gate, a NaN or ``+inf`` log-decay) makes the state, and so every output from that
+    step on, NaN in the step form. Inside a chunk, however, the triangular matmuls
+    multiply such a step's entries by the zeros above the diagonal, and ``0 * NaN`` is
+    NaN: it would reach the outputs *before* it. So such entries are replaced by zeros
+    (an input gate and a log-decay keep a legitimate ``-inf``) and the step is
+    recorded in ``poisoned [T, B, heads]``, true from the first bad valid step of a head
+    on; :func:`_poison` then sets those outputs and the final state to NaN, as the step
+    form has them. A query only reaches its own step's output and needs none of this.
     """
     T = features.q.shape[0]
     L = min(_checks.positive_int(chunk_size, "chunk_size"), T)
+    bad = _bad_writes(features)
+    if valid is not None:  # what a padded step holds never counts
+        bad = bad & _lead(valid[..., None], bad.ndim)
+    poisoned = lax.associative_scan(jnp.logical_or, bad, axis=0)
+    features = _finite_writes(features)
     pad = -T % L
     if pad:
         batch = features.q.shape[1]
@@ -269,7 +288,57 @@ def _prepare(features, valid, chunk_size, neutral):
             lambda a: jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]), features)
     if valid is not None:
         features = neutral(features, valid)
-    return features, valid, L, T
+    return features, valid, L, T, poisoned
+
+
+def _not_below_inf(x):
+    """``x`` is NaN or ``+inf`` (a log-gate of ``-inf`` is a legitimate 0)."""
+    return ~(x < jnp.inf)
+
+
+def _bad_writes(f):
+    """``[T, B, heads]``: whether step ``t`` writes something non-finite to a head."""
+    bad = ~jnp.all(jnp.isfinite(f.k), axis=-1) | ~jnp.all(jnp.isfinite(f.v), axis=-1)
+    if isinstance(f, GatedFeatures):
+        gates = [f.log_f] + ([] if f.log_i is None else [f.log_i])
+        return functools.reduce(jnp.logical_or, [bad] + [_not_below_inf(g) for g in gates])
+    gates = [~jnp.isfinite(f.beta)] + ([] if f.log_alpha is None else
+                                       [_not_below_inf(f.log_alpha)])
+    return functools.reduce(jnp.logical_or, [bad] + gates)
+
+
+def _finite_writes(f):
+    """``f`` with its non-finite write entries replaced by finite ones (see
+    :func:`_prepare`); the steps they belong to are poisoned."""
+    def zero(x):
+        return jnp.where(jnp.isfinite(x), x, jnp.zeros((), x.dtype))
+
+    def log_gate(x, fill):
+        return None if x is None else jnp.where(_not_below_inf(x),
+                                                jnp.full((), fill, x.dtype), x)
+
+    f = f._replace(k=zero(f.k), v=zero(f.v))
+    if isinstance(f, GatedFeatures):
+        return f._replace(log_f=log_gate(f.log_f, 0.0), log_i=log_gate(f.log_i, -jnp.inf))
+    return f._replace(beta=zero(f.beta), log_alpha=log_gate(f.log_alpha, 0.0))
+
+
+def _poison(final, o, poisoned):
+    """NaN in the outputs ``o [T, B, heads, d]`` and the final state's heads from the
+    first non-finite write on (see :func:`_prepare`)."""
+    nan = jnp.full((), jnp.nan, o.dtype)
+    o = jnp.where(poisoned[..., None], nan, o)
+    last = poisoned[-1]  # [B, heads]
+    final = jax.tree_util.tree_map(
+        lambda s: jnp.where(last.reshape(last.shape + (1,) * (s.ndim - 2)),
+                            jnp.full((), jnp.nan, s.dtype), s), final)
+    return final, o
+
+
+def _lower(L, ndim):
+    """``[L, L]`` booleans ``j <= r``, with leading singleton axes up to ``ndim``."""
+    r = jnp.arange(L)
+    return _lead(r[:, None] >= r[None, :], ndim)
 
 
 def _heads(x, heads):
@@ -330,11 +399,11 @@ def _plain_chunked(S0, f: GatedFeatures, valid, chunk_size):
     dtype, work = S0.dtype, _work(S0.dtype)
     if f.q.shape[0] == 0:
         return S0, jnp.zeros((0,) + f.v.shape[1:], dtype)
-    f, valid, L, T = _prepare(f, valid, chunk_size, _neutral_gates)
+    f, valid, L, T, poisoned = _prepare(f, valid, chunk_size, _neutral_gates)
     heads = f.v.shape[2]
     q, k, v = (_chunk(a.astype(work), L) for a in (f.q, f.k, f.v))  # [n, B, h|1, L, d]
     log_f = _chunk(f.log_f.astype(work), L)  # [n, B, heads, L]
-    b = jnp.cumsum(log_f, axis=-1)
+    b = jnp.cumsum(log_f, axis=-1)  # from the chunk's start: terms of one sign
     G = _segsum(log_f)  # [n, B, heads, L, L]
     if valid is not None:  # a padded step writes nothing
         G = jnp.where(_chunk(valid[..., None], L)[..., None, :], G, -jnp.inf)
@@ -347,10 +416,12 @@ def _plain_chunked(S0, f: GatedFeatures, valid, chunk_size):
         return jnp.exp(total)[..., None, None] * S + kv_c, S
 
     final, starts = lax.scan(body, S0.astype(work), (kv, b[..., -1]))
-    scores = _einsum("...rd,...jd->...rj", q, k) * D
+    scores = jnp.where(_lower(L, D.ndim), _einsum("...rd,...jd->...rj", q, k) * D,
+                       jnp.zeros((), work))
     o = (_einsum("...rj,...je->...re", scores, v)
          + jnp.exp(b)[..., None] * _einsum("...rd,...de->...re", _heads(q, heads), starts))
-    return final.astype(dtype), _unchunk(o)[:T].astype(dtype)
+    final, o = _poison(final, _unchunk(o)[:T], poisoned)
+    return final.astype(dtype), o.astype(dtype)
 
 
 @_jit()
@@ -387,14 +458,15 @@ def _normalised_chunked(state: Normalised, f: GatedFeatures, valid, chunk_size, 
     dtype, work = state.C.dtype, _work(state.C.dtype)
     if f.q.shape[0] == 0:
         return state, jnp.zeros((0,) + f.v.shape[1:], dtype)
-    f, valid, L, T = _prepare(f, valid, chunk_size, _neutral_normalised)
+    f, valid, L, T, poisoned = _prepare(f, valid, chunk_size, _neutral_normalised)
     q, k, v = (_chunk(a.astype(work), L) for a in (f.q, f.k, f.v))  # [n, B, h, L, d]
     log_f, log_i = (_chunk(a.astype(work), L) for a in (f.log_f, f.log_i))
-    b = jnp.cumsum(log_f, axis=-1)  # [n, B, h, L]
-    G = _segsum(log_f) + log_i[..., None, :]  # log weight of write j at step r
-    # max_{j <= r} G[r, j] = b_r + max_{j <= r} (log i_j - b_j): O(L), not a row max over
-    # [L, L] (-inf where no write reaches r yet; only a stabiliser, any rounding is fine)
-    local = b + lax.cummax(log_i - b, axis=log_i.ndim - 1)  # [n, B, h, L]
+    b = jnp.cumsum(log_f, axis=-1)  # [n, B, h, L], from the chunk's start
+    G = _segsum(log_f) + log_i[..., None, :]  # log weight of write j at step r; -inf above
+    # the largest write reaching step r, max_{j <= r} G[r, j]: a row maximum of the
+    # exact segment sums, so that m_r below is the step form's m_r to rounding (a
+    # running form, b_r + cummax_j(log i_j - b_j), subtracts two long sums)
+    local = jnp.max(G, axis=-1)  # [n, B, h, L]; -inf while no write reaches r
     # each chunk's writes decayed to its end, relative to their own maximum
     last, top = G[..., -1, :], local[..., -1]
     safe = jnp.where(jnp.isfinite(top), top, jnp.zeros((), work))
@@ -417,7 +489,8 @@ def _normalised_chunked(state: Normalised, f: GatedFeatures, valid, chunk_size, 
     m_r = jnp.maximum(inter, local)
     D = jnp.exp(G - m_r[..., None])
     w = jnp.exp(inter - m_r)
-    scores = _einsum("...rd,...jd->...rj", q, k) * D
+    scores = jnp.where(_lower(L, D.ndim), _einsum("...rd,...jd->...rj", q, k) * D,
+                       jnp.zeros((), work))
     num = (_einsum("...rj,...je->...re", scores, v)
            + w[..., None] * _einsum("...rd,...de->...re", q, C0))
     den = jnp.sum(scores, axis=-1) + w * _einsum("...rd,...d->...r", q, n0)
@@ -425,9 +498,9 @@ def _normalised_chunked(state: Normalised, f: GatedFeatures, valid, chunk_size, 
     # store m rounded to the state dtype, C and n rescaled to match
     m_stored = m.astype(dtype).astype(work)
     scale = jnp.exp(m - m_stored)
-    final = type(state)((scale[..., None, None] * C).astype(dtype),
-                        (scale[..., None] * n).astype(dtype), m_stored.astype(dtype))
-    return final, _unchunk(h)[:T].astype(dtype)
+    final = type(state)(scale[..., None, None] * C, scale[..., None] * n, m_stored)
+    final, h = _poison(final, _unchunk(h)[:T], poisoned)
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype), final), h.astype(dtype)
 
 
 # ------------------------------------------------------------------------ delta rule
@@ -514,18 +587,18 @@ def _delta_chunked(S0, f: DeltaFeatures, valid, chunk_size):
     dtype, work = S0.dtype, _work(S0.dtype)
     if f.q.shape[0] == 0:
         return S0, jnp.zeros((0,) + f.v.shape[1:], dtype)
-    f, valid, L, T = _prepare(f, valid, chunk_size, _neutral_delta)
+    f, valid, L, T, poisoned = _prepare(f, valid, chunk_size, _neutral_delta)
     q, k, v = (_chunk(a.astype(work), L) for a in (f.q, f.k, f.v))  # [n, B, h, L, d]
     beta = _chunk(f.beta.astype(work), L)  # [n, B, h, L]
-    r = jnp.arange(L)
+    lower = _lower(L, beta.ndim + 1)
     if f.log_alpha is None:  # DeltaNet: no decay
         gamma = jnp.zeros_like(beta)
-        decay = jnp.broadcast_to(_lead(r[:, None] >= r[None, :], beta.ndim + 1).astype(work),
-                                 beta.shape + (L,))
+        decay = jnp.broadcast_to(lower.astype(work), beta.shape + (L,))
     else:
         log_alpha = _chunk(f.log_alpha.astype(work), L)
-        gamma = jnp.cumsum(log_alpha, axis=-1)  # [n, B, h, L]
+        gamma = jnp.cumsum(log_alpha, axis=-1)  # [n, B, h, L], from the chunk's start
         decay = jnp.exp(_segsum(log_alpha))  # Lambda[r, s], 0 above the diagonal
+    r = jnp.arange(L)
     strictly = _lead(r[:, None] > r[None, :], decay.ndim)
     # the UT transform: (I + N) [U | W] = [beta V | beta e^Gamma K], N strictly lower
     N = jnp.where(strictly, beta[..., None] * _einsum("...rd,...sd->...rs", k, k) * decay, 0)
@@ -542,10 +615,12 @@ def _delta_chunked(S0, f: DeltaFeatures, valid, chunk_size):
         return S_next, (S, new)
 
     final, (starts, new) = lax.scan(body, S0.astype(work), (U, W, k_end, gamma[..., -1]))
-    scores = _einsum("...rd,...sd->...rs", q, k) * decay
+    scores = jnp.where(_lower(L, decay.ndim), _einsum("...rd,...sd->...rs", q, k) * decay,
+                       jnp.zeros((), work))
     o = (_einsum("...rs,...se->...re", scores, new)
          + _einsum("...rd,...de->...re", jnp.exp(gamma)[..., None] * q, starts))
-    return final.astype(dtype), _unchunk(o)[:T].astype(dtype)
+    final, o = _poison(final, _unchunk(o)[:T], poisoned)
+    return final.astype(dtype), o.astype(dtype)
 
 
 # ------------------------------------------------------------------------ the cell

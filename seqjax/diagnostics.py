@@ -66,7 +66,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +80,7 @@ from seqjax.cells import RGLRUParams, S6Params, SLSTMParams
 from seqjax.cells import DeltaNetParams, GatedDeltaNetParams, Mamba2Params, MLSTMParams
 from seqjax.cells.xlstm import _slstm_dense
 from seqjax.models import state_to_vector, vector_to_state
-from seqjax.unroll import default_hoist
+from seqjax.unroll import unroll
 
 Array = jax.Array
 
@@ -226,10 +226,7 @@ def perturbed_unroll(
     state=None,
     *,
     length=None,
-    associative: Optional[bool] = None,
-    hoist: Optional[bool] = None,
-    unroll: int = 1,
-    remat: bool = False,
+    **unroll_options,
 ):
     """Unrolls ``cell`` with ``perturbation[t]`` added to the state ``h_t``.
 
@@ -238,8 +235,10 @@ def perturbed_unroll(
         \\tilde h_t = f(\\tilde h_{t-1}, x_t) + \\epsilon_t, \\quad
         y_t = g(\\tilde h_t, x_t)
 
-    With zero ``perturbation`` this equals :func:`seqjax.unroll`; its gradient
-    w.r.t. ``perturbation[t]`` is ``dL/dh_t`` (see the module docstring for ``g``).
+    :func:`seqjax.unroll` with its ``perturbation`` hook, so the strategies measured
+    are the unroll's own (see there for ``g`` and for which strategies take a
+    perturbation). With zero ``perturbation`` this equals :func:`seqjax.unroll`; its
+    gradient w.r.t. ``perturbation[t]`` is ``dL/dh_t``.
 
     Args:
       cell: a seqjax :class:`~seqjax.Cell` or a stack of cells (not a
@@ -251,27 +250,15 @@ def perturbed_unroll(
       state: initial state ``h_0``; ``None`` means ``cell.initial_state(params)``.
       length: valid steps, as in :func:`seqjax.unroll`; padded steps ignore their
         perturbation and keep the state.
-      associative: linear-recurrence cells: ``None``/``True`` adds ``eps_t`` to the
-        scan's ``b_t`` and keeps the associative scan; ``False`` steps with ``apply``.
-      hoist, unroll, remat: as in :func:`seqjax.unroll`.
+      **unroll_options: options of :func:`seqjax.unroll` (``associative``,
+        ``hoist``, ``unroll``, ``remat``, ...).
 
     Returns:
       ``(final_state, ys)`` with ``ys [T, output_size]``.
     """
     _check_cell(cell, "perturbed_unroll")
-    _checks.sequence(xs, cell.input_size(params), "perturbed_unroll")
-    time = xs.shape[0]
-    length = _checks.length(length, time)
-    initial = cell.initial_state(params)
-    if state is None:
-        state = initial
-    else:
-        _checks.state_like(state, initial)
-    expected = _tree_map(lambda s: jax.ShapeDtypeStruct((time + 1,) + s.shape, s.dtype), initial)
-    _check_perturbation(perturbation, expected)
-    valid = None if length is None else jnp.arange(time, dtype=jnp.int32) < length
-    options = dict(associative=associative, hoist=hoist, unroll=unroll, remat=remat)
-    return _perturbed(cell, params, xs, state, perturbation, valid, options)
+    return unroll(cell, params, xs, state, length=length, perturbation=perturbation,
+                  **unroll_options)
 
 
 def _check_cell(cell, name):
@@ -280,113 +267,6 @@ def _check_cell(cell, name):
                         "per step; pass a Cell or a stack of Cells")
     if not isinstance(cell, Cell):
         raise TypeError(f"{name} expects a seqjax Cell, got {type(cell).__name__}")
-
-
-def _check_perturbation(perturbation, expected):
-    want_leaves, want_tree = jax.tree_util.tree_flatten(expected)
-    got_leaves, got_tree = jax.tree_util.tree_flatten(perturbation)
-    if got_tree != want_tree or any(
-            jnp.shape(g) != w.shape for g, w in zip(got_leaves, want_leaves)):
-        raise ValueError(
-            "perturbed_unroll: perturbation must be shaped like the state with a leading "
-            f"axis T + 1: expected {[w.shape for w in want_leaves]} in {want_tree}, got "
-            f"{[tuple(jnp.shape(g)) for g in got_leaves]} in {got_tree}; use "
-            "zero_perturbation(cell, params, T)")
-
-
-def _perturbed(cell, params, xs, state, eps, valid, options):
-    if cell.layers is not None:
-        return _perturbed_layers(cell, params, xs, state, eps, valid, options)
-    dtype = _leaves(params)[0].dtype
-    xs = xs.astype(dtype)
-    if valid is not None:
-        xs = jnp.where(valid[:, None], xs, jnp.zeros((), dtype))
-    h0 = _tree_map(lambda s, e: s + e[0], state, eps)
-    eps = _tree_map(lambda e: e[1:], eps)
-    time = xs.shape[0]
-    if time == 0:
-        return h0, jnp.zeros((0, cell.output_size), dtype)
-    associative = options["associative"]
-    if cell.linear is not None and (associative is None or associative):
-        return _perturbed_associative(cell.linear, params, xs, h0, eps, valid)
-    return _perturbed_scan(cell, params, xs, h0, eps, valid, options)
-
-
-def _output_fn(cell, params, state, x):
-    """``g``: the output read from a state (see the module docstring)."""
-    if cell.linear is not None:
-        return lambda p, s, x_: cell.linear.readout(p, s, x_)
-    if cell.chunkwise is not None:  # matrix-state cells: read the state, then the readout
-        form = cell.chunkwise
-        return lambda p, s, x_: form.readout(p, form.read(s, form.features(p, x_)), x_)
-    candidate = state.h if hasattr(state, "h") else state
-    y = jax.eval_shape(cell.apply, params, state, x)[1]
-    if not isinstance(candidate, jax.Array) or jnp.shape(candidate) != y.shape:
-        raise TypeError(
-            "diagnostics need a cell whose output is its hidden state (state or state.h), "
-            "as every seqjax cell except the linear-recurrence ones, which use their "
-            f"readout; this cell's output has shape {y.shape}")
-    return (lambda p, s, x_: s.h) if hasattr(state, "h") else (lambda p, s, x_: s)
-
-
-def _perturbed_scan(cell, params, xs, h0, eps, valid, options):
-    out = _output_fn(cell, params, h0, xs[0])
-    hoist = options["hoist"]
-    if cell.hoist is not None and (default_hoist() if hoist is None else hoist):
-        step, inputs = cell.hoist.step, cell.hoist.input_map(params, xs)
-    else:
-        step, inputs = cell.apply, xs
-    if options["remat"]:
-        step = jax.checkpoint(step, prevent_cse=False)
-    ok_all = jnp.ones((xs.shape[0],), bool) if valid is None else valid
-
-    def body(carry, inp):
-        u, x, e, ok = inp
-        new, _ = step(params, carry, u)
-        new = _tree_map(lambda n, d: n + d, new, e)
-        if valid is not None:
-            new = _tree_map(lambda n, o: jnp.where(ok, n, o), new, carry)
-        y = out(params, new, x)
-        if valid is not None:
-            y = jnp.where(ok, y, jnp.zeros((), y.dtype))
-        return new, y
-
-    return lax.scan(body, h0, (inputs, xs, eps, ok_all), unroll=options["unroll"])
-
-
-def _perturbed_associative(linear, params, xs, h0, eps, valid):
-    a, b = linear.coefficients(params, xs)
-    b = b + eps
-    if valid is not None:
-        ok = valid.reshape(valid.shape + (1,) * (a.ndim - 1))  # any state rank (S6: [H, N])
-        a = jnp.where(ok, a, jnp.ones((), a.dtype))
-        b = jnp.where(ok, b, jnp.zeros((), b.dtype))
-    b = b.at[0].add(a[0] * h0)
-
-    def combine(earlier, later):
-        a1, b1 = earlier
-        a2, b2 = later
-        return a1 * a2, a2 * b1 + b2
-
-    _, hs = lax.associative_scan(combine, (a, b))
-    ys = linear.readout(params, hs, xs)
-    if valid is not None:
-        ys = jnp.where(valid[:, None], ys, jnp.zeros((), ys.dtype))
-    return hs[-1], ys
-
-
-def _perturbed_layers(cell, params, xs, state, eps, valid, options):
-    layers = cell.layers
-    if len(params) != len(layers.parts):
-        raise ValueError(f"stack of {len(layers.parts)} layers got params for {len(params)}")
-    finals = []
-    for i, (part, p, s, e) in enumerate(zip(layers.parts, params, state, eps)):
-        final, ys = _perturbed(part, p, xs, s, e, valid, options)
-        if layers.residual and i > 0:
-            ys = ys + xs.astype(ys.dtype)
-        finals.append(final)
-        xs = ys
-    return tuple(finals), xs
 
 
 # ---------------------------------------------------------------- state gradients

@@ -31,6 +31,7 @@ from jax import lax
 
 from seqjax import _checks
 from seqjax.cells import Cell, Hoist, SequenceModel
+from seqjax.cells.contract import combine_facts
 from seqjax.chunkwise import default_chunk_size
 
 _tree_map = jax.tree_util.tree_map
@@ -155,6 +156,7 @@ def unroll(
     pallas: Optional[bool] = None,
     chunkwise: Optional[bool] = None,
     chunk_size: Optional[int] = None,
+    perturbation=None,
 ):
     """Runs ``cell`` over one sequence.
 
@@ -208,8 +210,11 @@ def unroll(
         linear cells, unless ``associative`` is given, and never the gated kernel.
         Both kernels are ``jax.custom_vjp``s (reverse mode only) and are unverified
         on a real GPU.
-      chunkwise: evaluate matrix-state cells (mlstm, delta_net, gated_delta_net,
-        mamba2: those with ``cell.chunkwise``) in their chunkwise-parallel form:
+      chunkwise: evaluate cells that have a whole-sequence form in it: the layers and
+        blocks of :mod:`seqjax.layers` and :mod:`seqjax.blocks` (``cell.parallel``;
+        ``False`` steps them through ``apply``), and the matrix-state cells (mlstm,
+        delta_net, gated_delta_net, mamba2: those with ``cell.chunkwise``) in their
+        chunkwise-parallel form:
         dense matmuls inside chunks of ``chunk_size`` steps and a scan over chunks
         carrying the state (:mod:`seqjax.chunkwise`); the backward pass stores one
         ``[d_k, d_v]`` state per chunk and head, not per step. ``True``: always.
@@ -223,6 +228,26 @@ def unroll(
         sequence length when longer; an uneven last chunk is padded with steps that
         leave the state unchanged). ``None`` picks
         :func:`seqjax.chunkwise.default_chunk_size` for the backend.
+      perturbation: ``None``, or ``eps`` shaped like the state with a leading axis
+        ``time + 1``: ``eps[0]`` is added to the initial state and ``eps[1 + t]`` to
+        the state produced by reading ``xs[t]``, and each output is read from the
+        perturbed state,
+
+        .. math::
+            \\tilde h_0 = h_0 + \\epsilon_0, \\quad
+            \\tilde h_t = f(\\tilde h_{t-1}, x_t) + \\epsilon_t, \\quad
+            y_t = g(\\tilde h_t, x_t),
+
+        so that the gradient of a loss w.r.t. ``eps`` at zero is ``dL/dh_t`` for
+        every step at once (what :mod:`seqjax.diagnostics` measures). ``g`` is the
+        linear cells' readout, the matrix cells' read-out of the new state, and the
+        hidden state (``state.h`` or the state) for the others. Linear-recurrence
+        cells keep their associative, sequential or Pallas scan (``eps_t`` joins
+        their ``b_t``); every other cell steps through its ``apply`` (or its hoisted
+        step), since the fused backward pass and the chunkwise form never hold
+        every step's state: ``fused=True``, ``chunkwise=True`` and the gated Pallas
+        kernel raise with a perturbation, and ``None`` picks the plain scan.
+        Padded steps (``length``) ignore their perturbation.
 
     Returns:
       ``(final_state, ys)`` with ``ys [time, output_size]``.
@@ -248,20 +273,53 @@ def unroll(
     _checks.sequence(xs, _checks.params(cell, params, "unroll"))
     length = _checks.length(length, xs.shape[0])
     initial = cell.initial_state(params)
-    if state is None:
-        state = initial
-    else:
+    if state is not None:  # None stays None: a whole-sequence form may skip an empty state
         _checks.state_like(state, initial, "unroll")
-    return _batch_when_vmapped(cell, options, params, xs, state, length, rng)
+    if perturbation is not None:
+        _check_perturbation(cell, options, perturbation, initial, xs.shape[0])
+    return _batch_when_vmapped(cell, options, params, xs, state, length, rng, perturbation)
 
 
-def _one_example(cell, options, params, xs, state, length, rng):
+def _check_perturbation(cell, options: _Options, perturbation, initial, time: int,
+                        batch: Optional[int] = None):
+    """A perturbation shaped like the state with a leading ``time + 1`` (after a
+    ``batch`` axis), and options that can take it (see :func:`unroll`)."""
+    lead = (time + 1,) if batch is None else (batch, time + 1)
+    want, tree = jax.tree_util.tree_flatten(initial)
+    got, got_tree = jax.tree_util.tree_flatten(perturbation)
+    if got_tree != tree or any(jnp.shape(g) != lead + w.shape for g, w in zip(got, want)):
+        raise ValueError(
+            f"unroll: perturbation must be shaped like the state with a leading axis "
+            f"{'batch, ' if batch is not None else ''}T + 1 = {time + 1}: expected "
+            f"{[lead + w.shape for w in want]} in {tree}, got "
+            f"{[tuple(jnp.shape(g)) for g in got]} in {got_tree} "
+            "(seqjax.diagnostics.zero_perturbation(cell, params, T) builds one)")
+    for name in ("fused", "chunkwise"):
+        if getattr(options, name):
+            raise ValueError(
+                f"unroll: {name}=True cannot take a perturbation: it never holds every "
+                f"step's state; pass {name}=None or False (same numbers, the plain scan)")
+    if options.pallas and not _has_linear(cell):
+        raise ValueError("unroll: pallas=True with a perturbation works for linear-recurrence "
+                         "cells only; the gated kernel never holds every step's state")
+
+
+def _has_linear(cell) -> bool:
+    if cell.layers is not None:
+        return all(_has_linear(part) for part in cell.layers.parts)
+    return cell.linear is not None
+
+
+def _one_example(cell, options, params, xs, state, length, rng, perturbation=None):
     """The unroll of one checked example: :func:`run` on a batch of one."""
     if isinstance(cell, SequenceModel):
         return cell.apply(params, xs, state, length=length, rng=rng, **options._asdict())
-    final, ys = run(cell, params, xs[:, None], _tree_map(lambda s: s[None], state),
+    final, ys = run(cell, params, xs[:, None],
+                    None if state is None else _tree_map(lambda s: s[None], state),
                     lengths=None if length is None else length[None],
-                    keys=None if rng is None else rng[None], options=options)
+                    keys=None if rng is None else rng[None], options=options,
+                    perturbation=(None if perturbation is None else
+                                  _tree_map(lambda e: e[:, None], perturbation)))
     return _tree_map(lambda s: s[0], final), ys[:, 0]
 
 
@@ -289,7 +347,7 @@ def _vmapped_here(args) -> bool:
         return False
 
 
-def _batch_when_vmapped(cell, options, params, xs, state, length, rng):
+def _batch_when_vmapped(cell, options, params, xs, state, length, rng, perturbation=None):
     """:func:`_one_example`, except that under ``jax.vmap`` the whole batch runs as the
     one time-major scan of :func:`unroll_batch`.
 
@@ -298,45 +356,49 @@ def _batch_when_vmapped(cell, options, params, xs, state, length, rng):
     as written for one example, so it forms one weight gradient per example and sums
     them, instead of one matmul over all ``(t, b)``.
     """
-    args = (params, xs, state, length, rng)
+    args = (params, xs, state, length, rng, perturbation)
     if not _vmapped_here(args):
         return _one_example(cell, options, *args)
 
-    def one(params, xs, state, length, rng):
-        return _one_example(cell, options, params, xs, state, length, rng)
+    def one(params, xs, state, length, rng, perturbation):
+        return _one_example(cell, options, params, xs, state, length, rng, perturbation)
 
     @jax.custom_batching.custom_vmap
-    def wrapped(params, xs, state, length, rng):
-        return one(params, xs, state, length, rng)
+    def wrapped(params, xs, state, length, rng, perturbation):
+        return one(params, xs, state, length, rng, perturbation)
 
     @wrapped.def_vmap
 
-    def batched(axis_size, in_batched, params, xs, state, length, rng):
+    def batched(axis_size, in_batched, params, xs, state, length, rng, perturbation):
         if any(jax.tree_util.tree_leaves(in_batched[0])):
             # an ensemble: every example has its own params, so there is no shared
             # weight whose gradient a single scan could form; map the examples
             in_axes = tuple(_tree_map(lambda b: 0 if b else None, flags)
                             for flags in in_batched)
-            out = jax.vmap(one, in_axes=in_axes)(*(params, xs, state, length, rng))
+            out = jax.vmap(one, in_axes=in_axes)(*(params, xs, state, length, rng,
+                                                   perturbation))
             return out, _tree_map(lambda _: True, out)
 
         def spread(value, is_batched):
             return value if is_batched else jnp.broadcast_to(value, (axis_size,) + value.shape)
 
-        _, xs_b, state_b, length_b, rng_b = in_batched
+        _, xs_b, state_b, length_b, rng_b, eps_b = in_batched
         xs = spread(xs, xs_b)
-        state = _tree_map(spread, state, state_b)
+        state = None if state is None else _tree_map(spread, state, state_b)
         lengths = None if length is None else spread(length, length_b)
         keys = None if rng is None else spread(rng, rng_b)
+        eps = (None if perturbation is None else
+               _tree_map(lambda e, b: jnp.swapaxes(spread(e, b), 0, 1), perturbation, eps_b))
         final, ys = run(cell, params, jnp.swapaxes(xs, 0, 1), state, lengths=lengths,
-                        keys=keys, options=options)
+                        keys=keys, options=options, perturbation=eps)
         out = (final, jnp.swapaxes(ys, 0, 1))
         return out, _tree_map(lambda _: True, out)
 
     return wrapped(*args)
 
 
-def unroll_batch(cell, params, xs, state=None, *, lengths=None, rng=None, **options):
+def unroll_batch(cell, params, xs, state=None, *, lengths=None, rng=None, perturbation=None,
+                 **options):
     """:func:`unroll` over a batch: ``jax.vmap(unroll)``, computed as one scan.
 
     Equals ``jax.vmap(lambda x, s, n, k: unroll(cell, params, x, s, length=n, rng=k))``
@@ -353,6 +415,8 @@ def unroll_batch(cell, params, xs, state=None, *, lengths=None, rng=None, **opti
       lengths: ``None`` or ``[batch]`` integer valid lengths (checked as ``length``
         in :func:`unroll`).
       rng: dropout key, split across the batch.
+      perturbation: ``None`` or ``[batch, time + 1, ...]`` perturbations of the state
+        (see :func:`unroll`).
       **options: forwarded to :func:`unroll` (``reverse``, ``unroll``, ``remat``,
         ``hoist``, ``associative``, ``fused``, ``chunkwise``, ``chunk_size``).
 
@@ -375,30 +439,37 @@ def unroll_batch(cell, params, xs, state=None, *, lengths=None, rng=None, **opti
     batch, time = xs.shape[:2]
     lengths = _checks.length(lengths, time, shape=(batch,), name="lengths")
     initial = cell.initial_state(params)
-    if state is None:
-        state = _tree_map(lambda s: jnp.broadcast_to(s, (batch,) + s.shape), initial)
-    else:
+    if state is not None:  # None stays None: a whole-sequence form may skip an empty state
         _checks.state_like(state, initial, "unroll_batch", batch=batch)
+    if perturbation is not None:
+        if isinstance(cell, SequenceModel):
+            raise TypeError("unroll_batch: a SequenceModel (bidirectional) has no single state "
+                            "per step to perturb")
+        _check_perturbation(cell, options, perturbation, initial, time, batch)
+        perturbation = _tree_map(lambda e: jnp.swapaxes(e, 0, 1), perturbation)
     keys = None if rng is None else jax.random.split(rng, batch)
     final, ys = run(cell, params, jnp.swapaxes(xs, 0, 1), state, lengths=lengths, keys=keys,
-                    options=options)
+                    options=options, perturbation=perturbation)
     return final, jnp.swapaxes(ys, 0, 1)
 
 
 # ------------------------------------------------------------------ time-major core
 
 
-def run(cell, params, xs, state, *, lengths, keys, options: _Options):
+def run(cell, params, xs, state, *, lengths, keys, options: _Options, perturbation=None):
     """The unroll of a batch, time-major: the implementation behind everything above.
 
     Args:
       cell: a :class:`~seqjax.Cell` or :class:`~seqjax.SequenceModel`.
       params: the cell's params (shared over the batch).
       xs: ``[time, batch, input_size]``, already checked.
-      state: state with a leading ``[batch]`` axis.
+      state: state with a leading ``[batch]`` axis, or ``None``: every example's
+        initial state.
       lengths: ``None`` or int32 ``[batch]``.
       keys: ``None`` or ``[batch]`` PRNG keys, one per example (dropout).
       options: :class:`_Options`.
+      perturbation: ``None`` or the state's perturbations, leaves ``[time + 1, batch,
+        ...]`` (see :func:`unroll`).
 
     Returns:
       ``(final_state [batch, ...], ys [time, batch, output_size])``.
@@ -406,10 +477,18 @@ def run(cell, params, xs, state, *, lengths, keys, options: _Options):
     if options.chunk_size is not None:
         _checks.positive_int(options.chunk_size, "chunk_size")
     if isinstance(cell, SequenceModel):
+        if state is None:
+            state = _initial_batch(cell, params, xs.shape[1])
         return cell.batched(params, xs, state, lengths=lengths, keys=keys, **options._asdict())
     if cell.layers is not None:
-        return _run_layers(cell.layers, params, xs, state, lengths, keys, options)
-    return _run_cell(cell, params, xs, state, lengths, options)
+        return _run_layers(cell.layers, params, xs, state, lengths, keys, options, perturbation)
+    return _run_cell(cell, params, xs, state, lengths, options, perturbation)
+
+
+def _initial_batch(cell, params, batch: int):
+    """``cell.initial_state(params)`` for every example: leaves ``[batch, ...]``."""
+    return _tree_map(lambda s: jnp.broadcast_to(s, (batch,) + s.shape),
+                     cell.initial_state(params))
 
 
 def _valid(lengths, time):
@@ -429,20 +508,27 @@ def _zero_where_not(ok, y):
     return jnp.where(ok.reshape(ok.shape + (1,) * (y.ndim - 1)), y, jnp.zeros((), y.dtype))
 
 
-def _run_cell(cell: Cell, params, xs, state, lengths, options: _Options):
+def _run_cell(cell: Cell, params, xs, state, lengths, options: _Options, perturbation=None):
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     xs = xs.astype(dtype)
     valid = _valid(lengths, xs.shape[0])
     if valid is not None:
         xs = jnp.where(valid[..., None], xs, jnp.zeros((), dtype))
+    fresh = state is None and perturbation is None
+    if state is None:
+        state = _initial_batch(cell, params, xs.shape[1])
+    eps = None
+    if perturbation is not None:
+        state = _tree_map(lambda s, e: s + e[0].astype(s.dtype), state, perturbation)
+        eps = _tree_map(lambda e: e[1:], perturbation)
 
-    def evaluate(xs, state, valid):
-        return _evaluate(cell, params, xs, state, valid, options)
+    def evaluate(xs, state, valid, eps=None, fresh=False):
+        return _evaluate(cell, params, xs, state, valid, options, fresh, eps)
 
     try:
         if options.remat and xs.shape[0] > 1:
-            return _checkpointed_chunks(evaluate, xs, state, valid, options.reverse)
-        return evaluate(xs, state, valid)
+            return _checkpointed_chunks(evaluate, xs, state, valid, options.reverse, eps)
+        return evaluate(xs, state, valid, eps, fresh)
     except TypeError as error:
         if _FORWARD_MODE_ERROR not in str(error):
             raise
@@ -473,7 +559,7 @@ def _forward_mode_message(cell, batch: int, options: _Options) -> str:
             "mode (same numbers; reverse mode works either way)")
 
 
-def _checkpointed_chunks(evaluate, xs, state, valid, reverse):
+def _checkpointed_chunks(evaluate, xs, state, valid, reverse, eps=None):
     """``evaluate`` over chunks of ``k = ceil(sqrt(T))`` steps, each a ``jax.checkpoint``.
 
     The forward pass keeps only the state between chunks; the backward pass reruns
@@ -482,26 +568,41 @@ def _checkpointed_chunks(evaluate, xs, state, valid, reverse):
     is padded with masked steps, which leave the state as it is.
     """
     time, batch = xs.shape[:2]
-    k = math.isqrt(time - 1) + 1
+    k = math.isqrt(max(time, 1) - 1) + 1
     n = -(-time // k)
     pad = n * k - time
     if pad:
         xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)])
         valid = jnp.ones((time, batch), bool) if valid is None else valid
         valid = jnp.concatenate([valid, jnp.zeros((pad, batch), bool)])
+        if eps is not None:
+            eps = _tree_map(lambda e: jnp.concatenate([e, jnp.zeros((pad,) + e.shape[1:],
+                                                                    e.dtype)]), eps)
     chunks = (xs.reshape((n, k) + xs.shape[1:]),
-              None if valid is None else valid.reshape((n, k, batch)))
+              None if valid is None else valid.reshape((n, k, batch)),
+              None if eps is None else _tree_map(lambda e: e.reshape((n, k) + e.shape[1:]),
+                                                 eps))
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def chunk(carry, inp):
-        return evaluate(inp[0], carry, inp[1])
+        return evaluate(inp[0], carry, inp[1], inp[2])
 
     final, ys = lax.scan(chunk, state, chunks, reverse=reverse)
     return final, ys.reshape((n * k,) + ys.shape[2:])[:time]
 
 
-def _evaluate(cell: Cell, params, xs, state, valid, options: _Options):
-    """One unroll of ``cell`` over masked ``xs [T, B, F]``, by the cell's best strategy."""
+def _evaluate(cell: Cell, params, xs, state, valid, options: _Options, fresh: bool = False,
+              eps=None):
+    """One unroll of ``cell`` over masked ``xs [T, B, F]``, by the cell's best strategy.
+
+    ``fresh``: ``state`` is every example's initial state (a whole-sequence form is
+    then given ``None``). ``eps``: the perturbation of every step's state, leaves ``[T,
+    B, ...]`` (see :func:`unroll`).
+    """
+    if eps is not None:
+        return _perturbed(cell, params, xs, state, valid, options, eps)
+    if cell.parallel is not None and options.chunkwise is not False:
+        return _parallel(cell, params, xs, None if fresh else state, valid, options)
     if cell.chunkwise is not None and options.chunkwise is not False:
         if options.chunkwise is None and not _chunkwise_forward(state):
             return _scan_unless_differentiated(cell, params, xs, state, valid, options)
@@ -544,9 +645,93 @@ def _evaluate(cell: Cell, params, xs, state, valid, options: _Options):
                     unroll=options.unroll)
 
 
+def _parallel(cell: Cell, params, xs, state, valid, options: _Options):
+    """A layer's or block's whole-sequence form (``cell.parallel``), forward; ``reverse``
+    runs it on each example's valid prefix reversed in place, so the padded steps stay
+    at the end, where the form expects them."""
+    if xs.shape[0] == 0:
+        if state is None:
+            state = _initial_batch(cell, params, xs.shape[1])
+        return state, jnp.zeros((0, xs.shape[1], cell.output_size), xs.dtype)
+    if options.reverse:
+        xs = _reverse_valid(xs, valid)
+    final, ys = cell.parallel(params, xs, state, valid, options._replace(reverse=False))
+    if options.reverse:
+        ys = _reverse_valid(ys, valid)
+    if valid is not None:
+        ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
+    return final, ys
+
+
+def _reverse_valid(xs, valid):
+    """``xs [T, B, ...]`` with each example's valid prefix reversed in place (its own
+    inverse); the whole of ``xs`` reversed without ``valid``."""
+    if valid is None:
+        return xs[::-1]
+    time = xs.shape[0]
+    lengths = jnp.sum(valid, axis=0, dtype=jnp.int32)
+    t = jnp.arange(time, dtype=jnp.int32)[:, None]
+    index = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [T, B]
+    return jnp.take_along_axis(xs, index.reshape(index.shape + (1,) * (xs.ndim - 2)), axis=0)
+
+
+def _perturbed(cell: Cell, params, xs, state, valid, options: _Options, eps):
+    """The unroll with ``eps[t]`` added to the state after step ``t`` (see
+    :func:`unroll`): linear cells keep their scan, the others step."""
+    if cell.linear is not None:
+        scan = _linear_scan(options, xs.shape[0], lambda: _growth(cell.linear, params, xs))
+        if scan is not None:
+            return _associative(cell.linear, params, xs, state, options.reverse, valid, scan,
+                                eps)
+    read = jax.vmap(_output_fn(cell, params, state), in_axes=(None, 0, 0))
+    hoist = cell.hoist is not None and (default_hoist() if options.hoist is None
+                                        else options.hoist)
+    if hoist:
+        step, inputs = cell.hoist.step, cell.hoist.input_map(params, xs)
+    else:
+        step, inputs = cell.apply, xs
+    step = jax.vmap(step, in_axes=(None, 0, 0))
+
+    def body(carry, inp):
+        u, x, e, ok = inp
+        new, _ = step(params, carry, u)
+        new = _tree_map(lambda n, d: n + d.astype(n.dtype), new, e)
+        if ok is not None:
+            new = _where_batch(ok, new, carry)
+        y = read(params, new, x)
+        if ok is not None:
+            y = _zero_where_not(ok, y)
+        return new, y
+
+    return lax.scan(body, state, (inputs, xs, eps, valid), reverse=options.reverse,
+                    unroll=options.unroll)
+
+
+def _output_fn(cell: Cell, params, state):
+    """``g(params, state, x) -> y`` for one example: the output read off a (perturbed)
+    state (see :func:`unroll`'s ``perturbation``)."""
+    if cell.linear is not None:
+        return cell.linear.readout
+    if cell.chunkwise is not None:  # matrix-state cells: read the state, then the readout
+        form = cell.chunkwise
+        return lambda p, s, x: form.readout(p, form.read(s, form.features(p, x)), x)
+    example = _tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
+    hidden = example.h if hasattr(example, "h") else example
+    x = jax.ShapeDtypeStruct((cell.input_size(params),), jax.tree_util.tree_leaves(params)[0].dtype)
+    y = jax.eval_shape(cell.apply, params, example, x)[1]
+    if cell.parallel is not None or not isinstance(hidden, jax.ShapeDtypeStruct) \
+            or hidden.shape != y.shape:
+        raise TypeError(
+            f"unroll: a perturbation needs a cell whose output is its hidden state "
+            f"(state.h or the state), a linear cell's readout or a matrix cell's read-out; "
+            f"{cell.name or 'this cell'}'s output {y.shape} is not. For the blocks of a "
+            f"language model, seqjax.lm measures gradients of the residual stream instead")
+    return (lambda p, s, x_: s.h) if hasattr(example, "h") else (lambda p, s, x_: s)
+
+
 # Whether a matrix-state cell's unroll that nothing differentiates (inference) also runs
 # the chunkwise form, by backend. XLA:CPU: no -- docs/bench/chunkwise.md (B 8, H 64, T
-# 512 to 8,192) measured the forward pass 1.1-2.3x slower chunked than as a plain scan
+# 512 to 8,192) measured the chunked forward pass at 0.99-2.35x the time of a plain scan
 # over `apply` for T >= 1,024 (a forward scan keeps only the current state), while the
 # chunked forward+backward took 0.10-0.48x the scan's. So on CPU `chunkwise=None` runs
 # the scan and differentiates the chunkwise form (a custom_jvp, below). Elsewhere:
@@ -596,8 +781,12 @@ def _chunkwise(form, params, xs, state, valid, options: _Options):
     return final, ys[::-1] if options.reverse else ys
 
 
-def _associative(linear, params, xs, h0, reverse, valid, scan=None):
+def _associative(linear, params, xs, h0, reverse, valid, scan=None, eps=None):
     a, b = linear.coefficients(params, xs)  # [T, B, *state]
+    if eps is not None:  # a perturbation of every state: h_t = a_t h_{t-1} + (b_t + eps_t)
+        b = b + eps.astype(b.dtype)
+    if a.shape[0] == 0:  # no steps: no outputs, and the state as it came in
+        return h0, linear.readout(params, jnp.zeros(b.shape, h0.dtype), xs)
     if valid is not None:
         # padded steps leave the state as it is: h = 1 * h + 0
         ok = valid.reshape(valid.shape + (1,) * (a.ndim - 2))
@@ -637,6 +826,8 @@ def _growth(linear, params, xs) -> float:
 
 def _associative_scan(a, b, h0, reverse):
     """``h_t = a_t * h_{t-1} + b_t`` by ``lax.associative_scan`` (log depth)."""
+    if a.shape[0] == 0:  # no steps to combine (and no first step to seed with h0)
+        return b
     first = -1 if reverse else 0
     b = b.at[first].add(a[first] * h0)
 
@@ -674,28 +865,6 @@ def _pallas_scan(a, b, h0, reverse):
 # ------------------------------------------------------------------- fused backward
 
 
-class _CombineFacts(NamedTuple):
-    """What the fused pass reads off a cell's ``combine`` (only to save memory traffic)."""
-
-    adds: bool  # u and r enter only as u + r: save and differentiate g = u + r once
-    y_leaf: Optional[int]  # y is this leaf of the new state: don't save that leaf
-
-
-def _combine_facts(combine, extras, state, gates: int, dtype) -> _CombineFacts:
-    """Reads :class:`_CombineFacts` off the jaxpr of one example's ``combine``."""
-    one = jax.ShapeDtypeStruct((gates,), dtype)
-    example = _tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
-    jaxpr = jax.make_jaxpr(combine)(extras, example, one, one).jaxpr
-    u, r = jaxpr.invars[-2:]
-    uses = [e for e in jaxpr.eqns if any(v is u or v is r for v in e.invars)]
-    adds = (len(uses) == 1 and uses[0].primitive.name == "add"
-            and {id(v) for v in uses[0].invars} == {id(u), id(r)}
-            and not any(v is u or v is r for v in jaxpr.outvars))
-    *state_out, y = jaxpr.outvars
-    y_leaf = next((i for i, v in enumerate(state_out) if v is y), None)
-    return _CombineFacts(adds, y_leaf)
-
-
 def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
            hoisted: bool):
     """A gated cell's unroll with a cuDNN-style backward pass (``jax.custom_vjp``).
@@ -718,7 +887,7 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
     combine = jax.vmap(rec.combine, in_axes=(None, 0, 0, 0))
     hidden = jax.vmap(rec.hidden)
     weight = rec.weight(params)
-    facts = _combine_facts(rec.combine, rec.extras(params), state, weight.shape[-1],
+    facts = combine_facts(rec.combine, rec.extras(params), state, weight.shape[-1],
                            weight.dtype)
     derive = facts.y_leaf if valid is None else None  # that state leaf = the last output
 
@@ -759,7 +928,7 @@ def _fused(hoist: Hoist, params, xs, state, valid, reverse: bool, unroll: int,
         if derive is not None:  # s_{t-1} of that leaf is y_{t-1}; s_0 the initial state
             first = leaves[derive][None].astype(ys.dtype)
             shifted = (jnp.concatenate([ys[1:], first]) if reverse
-                       else jnp.concatenate([first, ys[:-1]]))
+                       else jnp.concatenate([first, ys[:-1]]))[:ys.shape[0]]  # T = 0: none
             kept.insert(derive, shifted)
         return jax.tree_util.tree_unflatten(tree, kept)
 
@@ -820,14 +989,18 @@ def _split_keys(keys, n):
     return [split[:, i] for i in range(n)]
 
 
-def _run_layers(layers, params, xs, state, lengths, keys, options: _Options):
+def _run_layers(layers, params, xs, state, lengths, keys, options: _Options, perturbation=None):
     parts = layers.parts
     if len(params) != len(parts):
         raise ValueError(f"stack of {len(parts)} layers got params for {len(params)}")
+    states = (None,) * len(parts) if state is None else state
+    eps = (None,) * len(parts) if perturbation is None else perturbation
     finals = []
-    for i, (part, p, s, key) in enumerate(zip(parts, params, state, _split_keys(keys, len(parts)))):
+    for i, (part, p, s, e, key) in enumerate(zip(parts, params, states, eps,
+                                                 _split_keys(keys, len(parts)))):
         sub_keys, drop_keys = _split_keys(key, 2)
-        final, ys = run(part, p, xs, s, lengths=lengths, keys=sub_keys, options=options)
+        final, ys = run(part, p, xs, s, lengths=lengths, keys=sub_keys, options=options,
+                        perturbation=e)
         if layers.residual and i > 0:
             ys = ys + xs.astype(ys.dtype)
         if i < len(parts) - 1 and drop_keys is not None and layers.dropout > 0.0:

@@ -12,6 +12,9 @@ runs, and every command they show parses.
   removed option fails here.
 * The result files under ``docs/bench`` and ``docs/science`` are quoted, not
   executed: they are written by ``seqjax bench`` and ``seqjax gradnorm``.
+* The site builds (``mkdocs build --strict``, about 10 s) and its HTML shows no
+  markup meant for a converter: no literal ``<autoref ...>`` and no RST double
+  backticks.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import argparse
 import importlib
 import importlib.util
 import pathlib
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -157,3 +163,48 @@ def test_commands_parse(path, line, argv, monkeypatch):
         main, args = importlib.import_module(argv[0]).main, argv[1:]
     with pytest.raises(_Parsed):
         main(args)
+
+
+# Markup meant for a converter that reached the HTML as text: the autorefs tag that
+# docs/_ext/sphinx_markup.py writes for a role, with its attributes (prose may name the
+# tag), shown literally (escaped); and RST's double backticks (exactly two: a Markdown
+# fence shown as code has three). Code blocks (<pre>) may contain anything.
+RAW_MARKUP = {"a literal <autoref> tag": re.compile(r"&lt;autoref identifier="),
+              "RST double backticks": re.compile(r"(?<!`)``(?!`)")}
+
+
+def test_sphinx_markup_keeps_returns_untyped():
+    """A Returns section's first line with a colon keeps its text as the description:
+    griffe would take what precedes the colon as the return type."""
+    pytest.importorskip("griffe")
+    spec = importlib.util.spec_from_file_location("_sphinx_markup",
+                                                  ROOT / "docs/_ext/sphinx_markup.py")
+    markup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(markup)
+    text = "Runs.\n\nReturns:\n  A ``Model`` with params:\n\n  * ``apply``: one step.\n"
+    assert markup._untyped_returns(text).split("\n")[3] == "  :A ``Model`` with params:"
+    plain = "Runs.\n\nReturns:\n  ``[T, H]`` outputs.\n\nRaises:\n  ValueError: bad.\n"
+    assert markup._untyped_returns(plain) == plain
+
+
+def test_the_site_builds_without_raw_markup(tmp_path):
+    """``mkdocs build --strict`` into a scratch directory, then every HTML page outside
+    its code blocks."""
+    for module in ("mkdocs", "mkdocstrings", "material"):
+        pytest.importorskip(module, reason="the docs extra")
+    site = tmp_path / "site"
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir",
+         str(site)], cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-4000:]
+    pages = sorted(site.rglob("*.html"))
+    assert any(p.relative_to(site).parts[0] == "api" for p in pages)
+    found = []
+    for page in pages:
+        html = re.sub(r"<pre\b.*?</pre>", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for what, pattern in RAW_MARKUP.items():
+            for m in pattern.finditer(html):
+                found.append(f"{page.relative_to(site)}: {what}: "
+                             f"...{html[max(0, m.start() - 80):m.end() + 80]!r}...")
+    assert not found, f"{len(found)} places, e.g.:\n" + "\n".join(found[:10])

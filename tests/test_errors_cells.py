@@ -304,3 +304,90 @@ def test_bidirectional_names_the_direction_and_the_merge():
     with pytest.raises(ValueError, match="layer 1 params expect 8 input features but layer 0 "
                                          "outputs 16"):
         sj.unroll(deep, (params, _shapes(sj.lstm(3), 8)), XS)
+
+
+# ------------------------------------------------------------------ configuration
+
+# (construction, what the message must say): configuration that makes a cell
+# non-decaying or undefined is refused when the cell is built, naming the argument,
+# the allowed range and the value given. Odd but defined choices (a forget bias of -3,
+# a phase range past 2 pi, dt_scale=0) are not refused.
+_REFUSED = {
+    "rg_lru c=0": (lambda: sj.rg_lru(H, c=0.0),
+                   r"rg_lru: c must be a finite number > 0 \(a_t = sigmoid\(Lambda\)\^\(c r_t\) "
+                   r"must decay; c <= 0 makes a_t >= 1.*\), got c=0\.0"),
+    "rg_lru c<0": (lambda: sj.rg_lru(H, c=-8),
+                   r"rg_lru: c must be a finite number > 0 .*got c=-8$"),
+    "rg_lru c=nan": (lambda: sj.rg_lru(H, c=float("nan")), r"c must be a finite number > 0.*c=nan"),
+    "rg_lru r_max=1": (lambda: sj.rg_lru(H, r_max=1.0),
+                       r"rg_lru needs 0 < r_min < r_max < 1, got r_min=0\.9, r_max=1\.0"),
+    "rg_lru max_sqrt_gradient=0": (lambda: sj.rg_lru(H, max_sqrt_gradient=0.0),
+                                   r"max_sqrt_gradient must be positive or None, got 0\.0"),
+    "rg_lru heads": (lambda: sj.rg_lru(6, num_heads=4),
+                     r"hidden_size \(6\) must be divisible by num_heads \(4\)"),
+    "lru r_max=1": (lambda: sj.lru(H, 3, r_max=1.0),
+                    r"lru needs 0 <= r_min < r_max < 1 \(\|lambda\| = 1 does not decay.*\), got "
+                    r"r_min=0\.9, r_max=1\.0"),
+    "lru r_min>r_max": (lambda: sj.lru(H, 3, r_min=0.99, r_max=0.9),
+                        r"lru needs 0 <= r_min < r_max < 1.*r_min=0\.99, r_max=0\.9"),
+    "lru max_phase=0": (lambda: sj.lru(H, 3, max_phase=0.0),
+                        r"lru: max_phase must be a finite number > 0 \(theta_log = log\(max_phase "
+                        r"\* u\) is undefined otherwise\), got max_phase=0\.0"),
+    "s6 dt_max=inf": (lambda: sj.s6(H, dt_max=float("inf")),
+                      r"s6: dt_max must be a finite number, got dt_max=inf"),
+    "s6 dt_min=0": (lambda: sj.s6(H, dt_min=0.0),
+                    r"s6 needs 0 < dt_min <= dt_max, got dt_min=0\.0"),
+    "s6 dt_init_floor=nan": (lambda: sj.s6(H, dt_init_floor=float("nan")),
+                             r"s6: dt_init_floor must be a finite number, got dt_init_floor=nan"),
+    "s6 state_size=0": (lambda: sj.s6(H, state_size=0),
+                        r"state_size must be a positive int, got 0"),
+    "mamba2 norm_eps=0": (lambda: sj.mamba2(H, num_heads=2, norm_eps=0.0),
+                          r"mamba2: norm_eps must be a finite number > 0 \(it keeps the gated "
+                          r"RMSNorm's rsqrt.*\), got norm_eps=0\.0"),
+    "mamba2 a_init_range": (lambda: sj.mamba2(H, num_heads=2, a_init_range=(1.0, float("inf"))),
+                            r"mamba2: a_init_range\[1\] must be a finite number, got "
+                            r"a_init_range\[1\]=inf"),
+    "mlstm eps=0": (lambda: sj.mlstm(H, num_heads=2, eps=0.0),
+                    r"mlstm: eps must be a finite number > 0 \(it keeps the denominator "
+                    r"max\(\|n\^T q\|, exp\(-m\)\) \+ eps of h~ positive.*\), got eps=0\.0"),
+    "mlstm norm_eps<0": (lambda: sj.mlstm(H, num_heads=2, norm_eps=-1e-5),
+                         r"mlstm: norm_eps must be a finite number > 0 .*got norm_eps=-1e-05"),
+    "delta_net norm_eps=0": (lambda: sj.delta_net(H, norm_eps=0),
+                             r"delta_net: norm_eps must be a finite number > 0 \(it keeps the "
+                             r"RMSNorm's rsqrt\(mean\(o\^2\) \+ norm_eps\) finite where o = 0\), "
+                             r"got norm_eps=0"),
+    "gated_delta_net norm_eps": (lambda: sj.gated_delta_net(H, norm_eps=float("nan")),
+                                 r"gated_delta_net: norm_eps must be a finite number > 0"),
+    "gated_delta_net dt_max": (lambda: sj.gated_delta_net(H, dt_max=float("inf")),
+                               r"gated_delta_net: dt_max must be a finite number, got dt_max=inf"),
+    "slstm heads": (lambda: sj.slstm(6, num_heads=4),
+                    r"slstm: hidden_size \(6\) must be divisible by num_heads \(4\)"),
+    "lstm forget_bias=inf": (lambda: sj.lstm(H, forget_bias=float("inf")),
+                             r"lstm: forget_bias must be a finite number \(an infinite bias is a "
+                             r"forget gate fixed at 1 \(never forgets\) or 0\), got "
+                             r"forget_bias=inf"),
+    "gru update_bias=nan": (lambda: sj.gru(H, update_bias=float("nan")),
+                            r"gru: update_bias must be a finite number .*update_bias=nan"),
+    "chrono_init t_max=inf": (lambda: sj.chrono_init(float("inf")),
+                              r"chrono_init needs 0 < t_min < t_max - 1 < inf \(a non-empty, "
+                              r"finite draw U\(t_min, t_max - 1\)\), got t_min=1\.0, t_max=inf"),
+    "chrono_init t_max=2": (lambda: sj.chrono_init(2.0),
+                            r"chrono_init needs 0 < t_min < t_max - 1 < inf.*t_max=2\.0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_REFUSED))
+def test_undefined_or_non_decaying_configuration_is_refused(case):
+    build, message = _REFUSED[case]
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_odd_but_defined_configuration_is_accepted():
+    sj.lstm(H, forget_bias=-3.0)
+    sj.gru(H, update_bias=5.0)
+    sj.rg_lru(H, c=0.5, max_sqrt_gradient=None)
+    sj.lru(H, 3, r_min=0.0, r_max=0.5, max_phase=10.0)
+    sj.s6(H, dt_scale=0.0, dt_init_floor=0.0)
+    sj.gated_delta_net(H, a_init_range=(0.0, 1.0))
+    sj.mlstm(H, num_heads=2, eps=1e-12, norm_eps=1e-12)

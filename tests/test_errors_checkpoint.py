@@ -6,9 +6,11 @@ format, or does not match the template raises a ``CheckpointError`` (a
 (``kill -9``, in a subprocess) leaves a temporary file that the next save removes.
 """
 
+import io
 import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
@@ -21,6 +23,7 @@ import numpy as np
 import optax
 import pytest
 
+import seqjax as sj
 from seqjax import checkpoint, train
 
 
@@ -163,3 +166,63 @@ def test_files_get_the_umask_mode(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640  # 0o666 & ~0o027, not mkstemp's 0o600
+
+
+def _payload_ranges(data: bytes):
+    """``[(start, end)]`` of every member's stored bytes and of the archive comment: the
+    bytes a checkpoint's content lives in (the rest is zip bookkeeping)."""
+    ranges = []
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            names, extra = struct.unpack("<HH", data[info.header_offset + 26:
+                                                     info.header_offset + 30])
+            start = info.header_offset + 30 + names + extra
+            ranges.append((start, start + info.compress_size))
+        ranges.append((len(data) - len(archive.comment), len(data)))
+    return ranges
+
+
+def test_every_flipped_or_truncated_byte_is_refused(tmp_path):
+    """Every byte of a small checkpoint flipped (two patterns) and every truncation:
+    restore raises a CheckpointError naming the file, or -- where the byte is zip
+    bookkeeping that the content does not depend on (a timestamp, the version that
+    made it) -- returns exactly the saved arrays. Never another exception (zipfile's
+    own RuntimeError "encrypted, password required", NotImplementedError, EOFError
+    escaped before), never other numbers."""
+    params = sj.lstm(4).init(jax.random.PRNGKey(0), 3)
+    data = Path(checkpoint.save(tmp_path / "good.npz", params)).read_bytes()
+    assert len(data) < 4096  # small enough to try every offset in-process
+    payload = _payload_ranges(data)
+    want = jax.tree_util.tree_leaves(params)
+    bad = tmp_path / "bad.npz"
+    accepted = []
+
+    def outcome(what):
+        try:
+            got = checkpoint.restore(bad, like=params)
+        except checkpoint.CheckpointError as e:
+            assert str(bad) in str(e), (what, str(e))
+            return False
+        leaves = jax.tree_util.tree_leaves(got)
+        assert all(a.dtype == b.dtype and np.array_equal(a, b)
+                   for a, b in zip(leaves, want)), f"{what}: restored other numbers"
+        return True
+
+    # one descriptor, changed in place: rewriting the file from scratch thousands of
+    # times is slow on filesystems that flush a file truncated to zero on close (ext4)
+    fd = os.open(bad, os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, data)
+        for offset in range(len(data)):
+            for pattern in (0xFF, 0x01):
+                os.pwrite(fd, bytes([data[offset] ^ pattern]), offset)
+                if outcome(f"byte {offset} ^ {pattern:#04x}"):
+                    accepted.append(offset)
+            os.pwrite(fd, data[offset:offset + 1], offset)
+        for size in reversed(range(len(data))):
+            os.ftruncate(fd, size)
+            assert not outcome(f"truncated to {size} bytes"), size
+    finally:
+        os.close(fd)
+    inside = [o for o in accepted if any(a <= o < b for a, b in payload)]
+    assert not inside, f"flips inside a member or the comment restored: {inside[:10]}"

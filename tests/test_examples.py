@@ -1,11 +1,19 @@
 """The five examples, each at a tiny configuration through its command line (a few
 steps: the loss must go down), and their data code against independent
-computations (scikit-learn's DummyClassifier, numpy, the csv module)."""
+computations (scikit-learn's DummyClassifier, numpy, the csv module).
+
+And how users start them, in subprocesses: ``python examples/X.py`` (as a file) and
+``python -m examples.X`` (as a module, from the checkout's root) both answer
+``--help``; one short real run as a file; and an example whose optional dependency is
+missing says in one line which extra to install and exits with status 1, without a
+traceback."""
 
 import collections
 import csv
 import math
 import os
+import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -167,3 +175,56 @@ def test_vocabulary_maps_rare_and_unseen_words_to_unk():
     np.testing.assert_array_equal(ids, [[2, 3, sentiment.UNK, sentiment.PAD],
                                         [sentiment.UNK, 0, 0, 0]])
     np.testing.assert_array_equal(lengths, [3, 1])
+
+
+# ------------------------------------------------------------- how users start them
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLES = ("char_lm", "digits", "forecast", "sentiment", "seq2seq_addition")
+NEEDS = {"digits": "sklearn", "sentiment": "sklearn", "forecast": "statsmodels"}
+
+
+def _start(name, args, *, as_file, cwd, env=None):
+    command = ([sys.executable, str(ROOT / "examples" / f"{name}.py")] if as_file
+               else [sys.executable, "-m", f"examples.{name}"])
+    return subprocess.run(command + list(args), cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("as_file", [True, False], ids=["file", "module"])
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_help_as_a_file_and_as_a_module(name, as_file, tmp_path):
+    """As a file from any directory (here a scratch one), as a module from the root."""
+    done = _start(name, ["--help"], as_file=as_file, cwd=tmp_path if as_file else ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:") and "--steps" in done.stdout
+
+
+def test_a_short_run_as_a_file(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. the dog sat on the log. " * 20)
+    done = _start("char_lm", ["--text-file", str(text), "--steps", "3", "--hidden", "8",
+                              "--embed-dim", "4", "--seq-len", "8", "--batch-size", "4",
+                              "--sample-steps", "4", "--no-progress"],
+                  as_file=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "bits/char" in done.stdout and "unigram baseline" in done.stdout
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_a_missing_extra_is_one_line(name, tmp_path):
+    """The dependency is hidden by a ``sitecustomize`` that maps it to ``None`` in
+    ``sys.modules`` (so importing it raises ``ModuleNotFoundError``); ``--help`` still
+    works, a run stops before any work."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(f"import sys\nsys.modules[{NEEDS[name]!r}] = None\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])}
+    assert _start(name, ["--help"], as_file=True, cwd=tmp_path, env=env).returncode == 0
+    done = _start(name, ["--steps", "1"], as_file=True, cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert line == (f"examples/{name}.py needs "
+                    f"{'scikit-learn' if NEEDS[name] == 'sklearn' else 'statsmodels'}, which "
+                    f'is not installed: pip install "seqjax[examples]"')

@@ -1,21 +1,22 @@
 """The matrix-state cells (mlstm, delta_net, gated_delta_net, mamba2) against code and
 listings nobody here wrote -- the xLSTM authors' PyTorch backends and JAX kernels,
 flash-linear-attention's naive delta-rule recurrences, Mamba-2's minimal SSD listing
-(Dao & Gu 2024, Listing 1) in float64 numpy -- and their chunkwise-parallel form
+(Dao & Gu 2024, Listing 1) in float64 ``jax.numpy`` -- and their chunkwise-parallel form
 against their one-step form. The generic contract tests of ``test_unroll.py`` run on
 these cells too.
 
-The reference files are loaded by path: ``mlstm_kernels``' and ``fla``'s package
-``__init__``s import ``jax_triton`` / ``triton``, which are not installed."""
+The reference files are loaded by path (``_references.load``): ``mlstm_kernels``' and
+``fla``'s package ``__init__``s import ``jax_triton`` / ``triton``, which are not
+installed. The whole cells -- projections, gates, norms -- against the same references
+are in ``test_cell_parity.py``."""
 
 import functools
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from jax import lax
 
 import seqjax as sj
@@ -23,22 +24,7 @@ from seqjax import chunkwise as cw
 from seqjax import diagnostics
 
 from _jaxpr import scans
-
-torch = pytest.importorskip("torch")
-
-
-@functools.lru_cache(maxsize=None)
-def _load(package, relative):
-    """A reference module by file path, without importing its package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        pytest.skip(f"{package} is not installed")
-    path = pathlib.Path(spec.submodule_search_locations[0]) / relative
-    module_spec = importlib.util.spec_from_file_location(f"_reference_{package}_{path.stem}",
-                                                         path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+from _references import load, reference_numerics, ssd_minimal_discrete
 
 
 def _tm(x):
@@ -65,9 +51,9 @@ def test_mlstm_matches_xlstm_and_mlstm_kernels(x64):
     xlstm package's parallel, recurrent-step and chunkwise PyTorch backends and the
     mlstm_kernels native JAX step and chunkwise forward, float64; gradients against
     PyTorch autograd through the parallel form."""
-    backends = _load("xlstm", "blocks/mlstm/backends.py")
-    kernels_step = _load("mlstm_kernels", "jax/recurrent/native_step.py")
-    kernels_chunk = _load("mlstm_kernels", "jax/chunkwise/native/fw.py")
+    backends = load("xlstm", "blocks/mlstm/backends.py")
+    kernels_step = load("mlstm_kernels", "jax/recurrent/native_step.py")
+    kernels_chunk = load("mlstm_kernels", "jax/chunkwise/native/fw.py")
     B, NH, S, D = 2, 2, 12, 4
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((B, NH, S, D)) for _ in range(3))
@@ -108,7 +94,7 @@ def test_mlstm_matches_xlstm_and_mlstm_kernels(x64):
     _close((final, h), ((C.numpy(), n.numpy(), m.reshape(B, NH).numpy()), h_chunk.numpy()),
            1e-10)
 
-    with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+    with reference_numerics():
         h_k, _, _, (C, n, m), _ = kernels_chunk.mlstm_chunkwise_fw(
             *(jnp.asarray(a) for a in (q, k, v, i_pre, f_pre, C0, n0, m0)),
             return_last_states=True, chunk_size=4, eps=1e-6)
@@ -162,7 +148,7 @@ def test_delta_net_matches_flash_linear_attention():
     ``delta_rule_recurrence`` (from an initial state) and ``delta_rule_chunkwise``
     (from zero), outputs and final states, and gradients by PyTorch autograd through
     the recurrence. The references compute in float32, so float32 tolerances."""
-    naive = _load("fla", "ops/delta_rule/naive.py")
+    naive = load("fla", "ops/delta_rule/naive.py")
     rng = np.random.default_rng(1)
     q, k, v, beta, _, S0 = _delta_inputs(rng, 2, 2, 12, 4)
     t = torch.tensor
@@ -187,7 +173,7 @@ def test_gated_delta_net_matches_flash_linear_attention():
     """Gated DeltaNet's recurrence against flash-linear-attention's
     ``naive_recurrent_gated_delta_rule`` and ``naive_chunk_gated_delta_rule`` (both from
     an initial state; ``g`` is ``log alpha``), and gradients through the recurrence."""
-    naive = _load("fla", "ops/gated_delta_rule/naive.py")
+    naive = load("fla", "ops/gated_delta_rule/naive.py")
     rng = np.random.default_rng(2)
     q, k, v, beta, log_alpha, S0 = _delta_inputs(rng, 2, 2, 12, 4)
     tt = lambda x: torch.tensor(np.swapaxes(x, 1, 2))  # their [B, T, heads, ...] layout
@@ -217,32 +203,6 @@ def test_gated_delta_net_matches_flash_linear_attention():
     _close(ours, ref, 1e-4)
 
 
-def _np_segsum(x):
-    """The listing's stable ``segsum``."""
-    T = x.shape[-1]
-    x = np.where(np.tril(np.ones((T, T), bool), -1), np.repeat(x[..., None], T, axis=-1), 0)
-    return np.where(np.tril(np.ones((T, T), bool)), np.cumsum(x, axis=-2), -np.inf)
-
-
-def _ssd_minimal_discrete(X, A, B, C, block_len, initial_states):
-    """Dao & Gu 2024, Listing 1 (``mamba_ssm/modules/ssd_minimal.py``), in numpy:
-    ``X [b, l, h, p]``, ``A [b, l, h]``, ``B, C [b, l, g, n]``."""
-    b, l = X.shape[:2]
-    X, A, B, C = (x.reshape((b, l // block_len, block_len) + x.shape[2:]) for x in (X, A, B, C))
-    A = np.moveaxis(A, -1, 1)  # b c l h -> b h c l
-    A_cumsum = np.cumsum(A, axis=-1)
-    L = np.exp(_np_segsum(A))
-    Y_diag = np.einsum("bclgn,bcsgn,bhcls,bcshp->bclhp", C, B, L, X)
-    decay_states = np.exp(A_cumsum[..., -1:] - A_cumsum)
-    states = np.einsum("bclgn,bhcl,bclhp->bcghpn", B, decay_states, X)
-    states = np.concatenate([initial_states, states], axis=1)
-    decay_chunk = np.exp(_np_segsum(np.pad(A_cumsum[..., -1], [(0, 0), (0, 0), (1, 0)])))
-    new_states = np.einsum("bhzc,bcghpn->bzghpn", decay_chunk, states)
-    states, final_state = new_states[:, :-1], new_states[:, -1]
-    Y_off = np.einsum("bclgn,bcghpn,bhcl->bclhp", C, states, np.exp(A_cumsum))
-    return (Y_diag + Y_off).reshape((b, l) + Y_diag.shape[3:]), final_state
-
-
 def test_mamba2_matches_the_minimal_ssd_listing(x64):
     """Mamba-2's SSD recurrence (one group of ``B, C`` shared by the heads; chunks of 5
     over 12 steps) against the paper's minimal listing (chunks of 4), float64, from an
@@ -253,14 +213,16 @@ def test_mamba2_matches_the_minimal_ssd_listing(x64):
     X = rng.standard_normal((b, l, h, p)) * dt[..., None]
     A = -np.exp(rng.standard_normal(h)) * dt
     B, C = rng.standard_normal((b, l, 1, n)), rng.standard_normal((b, l, 1, n))
-    h0 = rng.standard_normal((b, 1, 1, h, p, n))
-    Y, final = _ssd_minimal_discrete(X, A, B, C, 4, h0)
+    h0 = rng.standard_normal((b, 1, h, p, n))
+    heads = lambda a: jnp.asarray(np.broadcast_to(a, (b, l, h, n)))  # the listing's layout
+    with reference_numerics():
+        Y, final = ssd_minimal_discrete(jnp.asarray(X), jnp.asarray(A), heads(B), heads(C), 4,
+                                        jnp.asarray(h0))
     sw = lambda x: jnp.asarray(np.swapaxes(x, 0, 1))  # [b, l, ...] -> [l, b, ...]
     f = cw.GatedFeatures(sw(C), sw(B), sw(X), sw(A), None)
     ours_final, ours_Y = cw.gated_outer_product(normalised=False).chunked(
-        jnp.asarray(np.swapaxes(h0[:, 0, 0], -1, -2)), f, None, 5)  # ours: [h, n, p]
-    _close((np.swapaxes(ours_final, -1, -2), np.swapaxes(ours_Y, 0, 1)), (final[:, 0], Y),
-           1e-10)
+        jnp.asarray(np.swapaxes(h0[:, 0], -1, -2)), f, None, 5)  # ours: [h, n, p]
+    _close((np.swapaxes(ours_final, -1, -2), np.swapaxes(ours_Y, 0, 1)), (final, Y), 1e-10)
 
 
 # ------------------------------------------------ the chunkwise form against the step

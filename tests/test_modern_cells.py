@@ -15,9 +15,9 @@ this file adds the parity tests, each cell's own properties, and the batch, jit,
 stack, bidirectional, bfloat16, bad-input and parameter-count checks that the
 registry runs on selected cells only.
 
-The reference packages are imported with ``pytest.importorskip`` only so that the
-suite still runs on a machine without them: CI (``.ci/run``) installs them, so in CI
-these tests run.
+The reference packages are in the ``test`` extra (so these tests never skip). The
+whole cells against the same references, both forms, float64 and float32, are in
+``test_cell_parity.py``.
 """
 
 import math
@@ -26,11 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+from recurrentgemma.jax import layers as rg_layers
+from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
 
 import seqjax as sj
 from seqjax.bench import cells as bench_cells
 from seqjax.bench import harness
 from _jaxpr import scan_dots
+from _references import reference_numerics
 
 B, T = 2, 6
 
@@ -48,8 +52,6 @@ def _f64(tree):
 
 
 def _xlstm_cell(H, heads, torch_dtype):
-    from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
-
     config = sLSTMCellConfig(hidden_size=H, num_heads=heads, backend="vanilla",
                              dtype="float32", enable_automatic_mixed_precision=False)
     return sLSTMCell(config).to(torch_dtype)
@@ -74,8 +76,6 @@ def _slstm_params_from_xlstm(ref, dtype):
 
 
 def _xlstm_setup(torch_dtype, H=8, heads=2, seed=0, scale=2.0):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("xlstm")  # CI installs it (.ci/run): there this test runs
     ref = _xlstm_cell(H, heads, torch_dtype)
     rng = np.random.default_rng(seed)
     d = H // heads
@@ -87,10 +87,10 @@ def _xlstm_setup(torch_dtype, H=8, heads=2, seed=0, scale=2.0):
     # a state in the cell's own range: n >= 1 after any step, m anywhere
     state = np.stack([np.tanh(rng.normal(size=(B, H))), rng.normal(size=(B, H)),
                       1.0 + rng.random((B, H)), rng.normal(size=(B, H))])
-    return torch, ref, x, state
+    return ref, x, state
 
 
-def _xlstm_run(torch, ref, x, state, dtype):
+def _xlstm_run(ref, x, state, dtype):
     """``(ys [B, T, H], final [4, B, H], grads)`` of xlstm's cell and a fixed loss."""
     xt = torch.tensor(x, dtype=dtype, requires_grad=True)
     st = None if state is None else torch.tensor(state, dtype=dtype, requires_grad=True)
@@ -117,10 +117,10 @@ _slstm_grad = jax.jit(jax.grad(_slstm_loss, argnums=(1, 2, 3), has_aux=True),
 def test_slstm_matches_xlstm_float32(fresh):
     """Outputs, final (h, c, n, m) and gradients against xlstm's vanilla sLSTMCell in
     float32, from a given state and from a fresh one (where m_1 = i~_1)."""
-    torch, ref, x, state = _xlstm_setup(None)
+    ref, x, state = _xlstm_setup(None)
     ref = ref.float()
     state = None if fresh else state
-    ys_ref, final_ref, g_ref = _xlstm_run(torch, ref, x, state, torch.float32)
+    ys_ref, final_ref, g_ref = _xlstm_run(ref, x, state, torch.float32)
     cell = sj.slstm(8, num_heads=2)
     params = _slstm_params_from_xlstm(ref, jnp.float32)
     xs = jnp.asarray(x, jnp.float32)
@@ -137,8 +137,6 @@ def test_slstm_matches_xlstm_float32(fresh):
 def test_slstm_initialisation_is_xlstms():
     """Zero recurrent blocks and the power-law forget bias (xlstm's defaults), read off
     a freshly built xlstm cell through the same weight conversion."""
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("xlstm")
     H, heads = 24, 3
     ref = _xlstm_cell(H, heads, torch.float32)
     want = _slstm_params_from_xlstm(ref, jnp.float32)
@@ -265,25 +263,11 @@ def test_slstm_recurrent_form_is_the_per_head_product():
 # ---------------------------------------------------------------------------- RG-LRU
 
 
-def _reference_numerics():
-    """recurrentgemma broadcasts implicitly: run it under JAX's default promotion rules
-    (this suite's conftest makes both strict)."""
-    import contextlib
-
-    stack = contextlib.ExitStack()
-    stack.enter_context(jax.numpy_rank_promotion("allow"))
-    stack.enter_context(jax.numpy_dtype_promotion("standard"))
-    return stack
-
-
 def _recurrentgemma_setup(H=8, heads=2):
-    pytest.importorskip("recurrentgemma")  # CI installs it (.ci/run): there this test runs
-    from recurrentgemma.jax import layers
-
-    module = layers.RGLRU(width=H, num_heads=heads)
+    module = rg_layers.RGLRU(width=H, num_heads=heads)
     x = jax.random.normal(jax.random.PRNGKey(1), (B, T, H))
     pos = jnp.broadcast_to(jnp.arange(1, T + 1, dtype=jnp.int32), (B, T))
-    with _reference_numerics():
+    with reference_numerics():
         variables = module.init(jax.random.PRNGKey(0), x, pos)
     p = dict(variables["params"])
     k = jax.random.split(jax.random.PRNGKey(3), 2)
@@ -319,7 +303,7 @@ def test_rg_lru_matches_recurrentgemma():
         y, last = module.apply(variables, x, pos, h0)
         return jnp.sum(jnp.sin(y)) + jnp.sum(last ** 2), (y, last)
 
-    with _reference_numerics():
+    with reference_numerics():
         (_, (y_ref, last_ref)), g_ref = jax.value_and_grad(ref_loss, (0, 1, 2),
                                                            has_aux=True)(variables, x, h0)
     # the same conversion maps the gradients (dL/dLambda = -dL/da_param)
@@ -340,7 +324,7 @@ def test_rg_lru_first_position_is_the_documented_difference():
     and from h_0 on the two agree (seqjax continued from recurrentgemma's h_0)."""
     module, variables, x, _ = _recurrentgemma_setup()
     pos0 = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    with _reference_numerics():
+    with reference_numerics():
         y_ref, last_ref = module.apply(variables, x, pos0)
     cell = sj.rg_lru(8, num_heads=2)
     params = _rg_lru_params_from_recurrentgemma(variables)

@@ -12,6 +12,14 @@ The docstrings use a few reStructuredText constructs that Markdown does not know
 * a paragraph ending in ``::`` introduces a literal block: the ``::`` becomes ``:``
   and the indented block a fenced code block.
 
+And one Google-style construct that griffe reads differently from what the docstrings
+mean: with ``returns_named_value: false`` griffe takes the text before the first colon
+of a ``Returns:`` (or ``Yields:``) section as the return *type*, and mkdocstrings shows
+a type verbatim in a code cell, so ``A :class:`Seq2Seq` with params ...:`` showed the
+raw ``<autoref ...>`` markup and RST's double backticks. seqjax's Returns sections are
+one description, never ``type: description``, so a colon in their first line is
+preceded by an empty type (a leading ``:``), which griffe reads as "no type given".
+
 Loaded by mkdocstrings (``extensions:`` in ``mkdocs.yml``); not part of the package.
 """
 
@@ -24,6 +32,7 @@ import griffe
 
 _ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj|exc|py:\w+):`(~?)([^`]+)`")
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
+_RETURNS = re.compile(r"^(?P<indent> *)(?:Returns|Yields):\s*$")
 
 
 def _indent(line: str) -> int:
@@ -73,6 +82,25 @@ def _blocks(text: str) -> str:
     return "\n".join(out)
 
 
+def _untyped_returns(text: str) -> str:
+    """A ``Returns:``/``Yields:`` section's first line with a colon gets a leading ``:``,
+    an empty type, so that griffe keeps the whole line as the description."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        header = _RETURNS.match(line)
+        if not header:
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if j == len(lines) or _indent(lines[j]) <= len(header["indent"]):
+            continue
+        first = lines[j]
+        if ":" in first and not first.lstrip().startswith(":"):
+            lines[j] = " " * _indent(first) + ":" + first.lstrip()
+    return "\n".join(lines)
+
+
 class SphinxMarkup(griffe.Extension):
     """Rewrites every docstring of the package once it is loaded (see the module)."""
 
@@ -84,7 +112,8 @@ class SphinxMarkup(griffe.Extension):
     def _convert(self, obj, text: str) -> str:
         text = _blocks(text)
         text = _MATH_ROLE.sub(lambda m: f"${m.group(1)}$", text)
-        return _ROLE.sub(lambda m: self._ref(obj, m.group(1) == "~", m.group(2)), text)
+        text = _ROLE.sub(lambda m: self._ref(obj, m.group(1) == "~", m.group(2)), text)
+        return _untyped_returns(text)
 
     @staticmethod
     def _ref(obj, short: bool, target: str) -> str:

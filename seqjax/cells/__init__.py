@@ -18,7 +18,7 @@ from seqjax.cells.contract import Layers
 from seqjax.cells.contract import LinearRecurrence
 from seqjax.cells.contract import Recurrent
 from seqjax.cells.contract import SequenceModel
-from seqjax.cells.contract import constructor
+from seqjax.cells._constructor import constructor
 from seqjax.cells.classic import GRUParams
 from seqjax.cells.classic import LSTMParams
 from seqjax.cells.classic import LSTMState

@@ -13,8 +13,8 @@ from seqjax.cells._common import (_as_input, _b_hn, _draw, _gated_init, _hoist,
                                   _input_size_from, _lstm_hidden, _no_extras,
                                   _state_is_hidden, _weight_h, _zeros_state, lecun_normal,
                                   orthogonal, zeros)
-from seqjax.cells.contract import (Array, Cell, Hoist, Initializer, Recurrent, _matmul,
-                                   constructor)
+from seqjax.cells._constructor import constructor
+from seqjax.cells.contract import Array, Cell, Hoist, Initializer, Recurrent, _matmul
 
 
 class RNNParams(NamedTuple):
@@ -108,9 +108,9 @@ def chrono_init(t_max: float, *, t_min: float = 1.0) -> ChronoInit:
       section 4 (chrono initialisation).
     """
     t_max, t_min = float(t_max), float(t_min)
-    if not (t_min > 0 and t_max - 1.0 > t_min):
-        raise ValueError(f"chrono_init needs 0 < t_min < t_max - 1 (a non-empty draw "
-                         f"U(t_min, t_max - 1)), got t_min={t_min}, t_max={t_max}")
+    if not 0 < t_min < t_max - 1.0 < float("inf"):  # also refuses NaN
+        raise ValueError(f"chrono_init needs 0 < t_min < t_max - 1 < inf (a non-empty, finite "
+                         f"draw U(t_min, t_max - 1)), got t_min={t_min}, t_max={t_max}")
     return ChronoInit(t_max, t_min)
 
 
@@ -274,6 +274,9 @@ def lstm(
     """
     hidden_size = _checks.positive_int(hidden_size, "hidden_size")
     H = hidden_size
+    if not callable(forget_bias):
+        _checks.real(forget_bias, "forget_bias", "lstm",
+                     why="an infinite bias is a forget gate fixed at 1 (never forgets) or 0")
     compute = _compute_dtype(dtype, param_dtype, "lstm")
     base = _gated_init(H, 4, kernel_init, recurrent_init, bias_init, param_dtype)
     input_size = _input_size_from("w_i")
@@ -319,6 +322,9 @@ def _reset_gated(name, hidden_size, gates, reset_after, kernel_init, recurrent_i
     matmuls (see :func:`gru`).
     """
     hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+    if update_bias is not None and not callable(update_bias):
+        _checks.real(update_bias, "update_bias", name,
+                     why="an infinite bias is an update gate fixed at 1 (never updates) or 0")
     compute = _compute_dtype(dtype, param_dtype, name)
     H = hidden_size
     ng = (gates - 1) * H

@@ -19,7 +19,6 @@ Conventions shared by all cells:
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -80,6 +79,29 @@ def _matmul(a: Array, b: Array, dtype=None) -> Array:
     if dtype is None:
         return a @ b
     return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=a.dtype)
+
+
+class CombineFacts(NamedTuple):
+    """What the fused pass reads off a cell's ``combine`` (only to save memory traffic)."""
+
+    adds: bool  # u and r enter only as u + r: save and differentiate g = u + r once
+    y_leaf: Optional[int]  # y is this leaf of the new state: don't save that leaf
+
+
+def combine_facts(combine, extras, state, gates: int, dtype) -> CombineFacts:
+    """Reads :class:`CombineFacts` off the jaxpr of one example's ``combine`` (what
+    the unroll's fused backward pass and the Pallas recurrent kernel need to know)."""
+    one = jax.ShapeDtypeStruct((gates,), dtype)
+    example = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
+    jaxpr = jax.make_jaxpr(combine)(extras, example, one, one).jaxpr
+    u, r = jaxpr.invars[-2:]
+    uses = [e for e in jaxpr.eqns if any(v is u or v is r for v in e.invars)]
+    adds = (len(uses) == 1 and uses[0].primitive.name == "add"
+            and {id(v) for v in uses[0].invars} == {id(u), id(r)}
+            and not any(v is u or v is r for v in jaxpr.outvars))
+    *state_out, y = jaxpr.outvars
+    y_leaf = next((i for i, v in enumerate(state_out) if v is y), None)
+    return CombineFacts(adds, y_leaf)
 
 
 class Hoist(NamedTuple):
@@ -155,6 +177,10 @@ class Cell(NamedTuple):
       layers: set by :func:`seqjax.stack`; the parts and how they are joined.
       chunkwise: set for matrix-state cells whose recurrence has a
         chunkwise-parallel form (:class:`Chunkwise`).
+      parallel: set for layers and blocks (:mod:`seqjax.layers`,
+        :mod:`seqjax.blocks`) that compute a whole sequence at once, in the
+        signature of :data:`ParallelFn`; it computes what stepping ``apply``
+        computes, and :func:`seqjax.unroll` uses it unless ``chunkwise=False``.
       name: the constructor's name (``"lstm"``); set by :func:`constructor`.
       config: the constructor's arguments as ``(name, value)`` pairs. Each is also
         readable as an attribute: ``seqjax.lstm(128).hidden_size == 128``.
@@ -169,8 +195,24 @@ class Cell(NamedTuple):
     linear: Optional[LinearRecurrence] = None
     layers: Optional["Layers"] = None
     chunkwise: Optional[Chunkwise] = None
+    parallel: Optional["ParallelFn"] = None
     name: str = ""
     config: tuple = ()
+
+
+ParallelFn = Callable[..., tuple]
+"""A cell's whole-sequence form: ``(params, xs [T, B, I], state, valid, options) ->
+(final_state [B, ...], ys [T, B, O])``, time-major over a batch.
+
+``state`` is the state of every example with a leading ``[B]`` axis, or ``None`` for
+the cell's initial state (a form may then skip work that reads an empty state, such as
+attention over an empty cache). ``valid`` is ``None`` or ``[T, B]`` booleans that are
+true on a prefix of each example (``t < length``): outputs at the other steps may be
+anything (the unroll zeroes them) and the final state is the state after the last
+valid step. ``options`` are the unroll's static options, to be passed on unchanged to
+:func:`seqjax.unroll.run` for the cells inside a block (the form runs forward:
+:func:`seqjax.unroll` reverses the valid prefix of each example around it).
+"""
 
 
 class Layers(NamedTuple):
@@ -213,71 +255,6 @@ class SequenceModel(NamedTuple):
 # ------------------------------------------------------------- readable configuration
 
 _SIGNATURES: dict = {}
-
-
-def constructor(fn):
-    """Marks a function that builds a :class:`Cell` or :class:`SequenceModel`.
-
-    The result records the constructor's name and arguments (``cell.name``,
-    ``cell.config``, and each argument as an attribute), so that it prints as the
-    call that made it.
-
-    It also checks its params at every entry: ``input_size``, ``initial_state`` and
-    ``apply`` first compare the params' tree structure, shapes and dtypes with what
-    the model's own ``init`` builds (``jax.eval_shape``, cached), and ``apply``
-    compares a given state with ``initial_state(params)``; a mismatch raises a
-    message naming the cell (the layer of a stack, the direction of a bidirectional
-    model), the field and both shapes (see ``seqjax._checks``). The checks read
-    shapes and dtypes only, so they run the same on tracers and cost nothing in
-    compiled code.
-    """
-    signature = inspect.signature(fn)
-    _SIGNATURES[fn.__name__] = signature
-
-    @functools.wraps(fn)
-    def build(*args, **kwargs):
-        model = fn(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return _checking(model._replace(name=fn.__name__,
-                                        config=tuple(bound.arguments.items())))
-
-    return build
-
-
-def _checking(model):
-    """``model`` whose ``input_size``, ``initial_state`` (and a cell's ``apply``) check
-    the params (and state) they are given before doing anything else."""
-    from seqjax import _checks
-
-    raw_input_size, raw_initial_state, raw_apply = (model.input_size, model.initial_state,
-                                                    model.apply)
-    this = []  # the finished model, which the checks compare against
-
-    def input_size(params):
-        return _checks.cell_params(this[0], params, raw_input_size)
-
-    setattr(input_size, _checks.CHECKED, True)
-
-    def initial_state(params):
-        _checks.params(this[0], params, "initial_state")
-        return raw_initial_state(params)
-
-    def apply(params, state, x):
-        _checks.params(this[0], params, "apply")
-        _checks.state(this[0], params, state, "apply")
-        return raw_apply(params, state, x)
-
-    def apply_sequence(params, xs, state=None, **options):
-        _checks.params(this[0], params, "apply")
-        if state is not None:
-            _checks.state(this[0], params, state, "apply")
-        return raw_apply(params, xs, state, **options)
-
-    this.append(model._replace(
-        input_size=input_size, initial_state=initial_state,
-        apply=apply if isinstance(model, Cell) else apply_sequence))
-    return this[0]
 
 
 def _is_default(value, default) -> bool:

@@ -14,7 +14,8 @@ from jax import lax
 from seqjax import _checks
 from seqjax import chunkwise
 from seqjax.cells._common import _affine, _draw
-from seqjax.cells.contract import Array, Cell, Initializer, constructor
+from seqjax.cells._constructor import constructor
+from seqjax.cells.contract import Array, Cell, Initializer
 
 # PyTorch's nn.Linear default, U(+-1/sqrt(fan_in)), which flash-linear-attention's
 # layers start from
@@ -64,6 +65,8 @@ def _l2_normalise(x, eps=1e-6):
 def _delta_cell(name, H, heads, d_k, d_v, gated, kernel_init, norm_eps, dt_min, dt_max,
                 a_range, param_dtype) -> Cell:
     """The body shared by :func:`delta_net` and :func:`gated_delta_net`."""
+    _checks.real(norm_eps, "norm_eps", name, above=0.0,
+                 why="it keeps the RMSNorm's rsqrt(mean(o^2) + norm_eps) finite where o = 0")
     recurrence = chunkwise.delta_rule()
 
     def init(key, input_size_):
@@ -250,6 +253,8 @@ def gated_delta_net(
     if not 0.0 <= low < high:
         raise ValueError(f"gated_delta_net needs 0 <= a_init_range[0] < a_init_range[1], got "
                          f"{a_init_range}")
+    _checks.real(dt_max, "dt_max", "gated_delta_net")
+    _checks.real(high, "a_init_range[1]", "gated_delta_net")
     return _delta_cell("gated_delta_net", H, heads, d_k, d_v, True, kernel_init, norm_eps,
                        dt_min, dt_max, (low, high), param_dtype)
 

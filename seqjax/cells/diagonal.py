@@ -13,7 +13,8 @@ from jax import lax
 
 from seqjax import _checks
 from seqjax.cells._common import _draw, _linear_cell
-from seqjax.cells.contract import Array, Cell, Initializer, constructor
+from seqjax.cells._constructor import constructor
+from seqjax.cells.contract import Array, Cell, Initializer
 
 variance_scaling = jax.nn.initializers.variance_scaling
 
@@ -58,8 +59,9 @@ def lru(
         ``input_size`` must equal ``H`` (as in the paper); project first otherwise.
       state_size: ``N``, the number of complex eigenvalues.
       r_min, r_max: eigenvalue moduli are drawn uniformly on the ring
-        ``r_min <= |lambda| <= r_max`` (paper default ``0.9 .. 0.999``).
-      max_phase: phases are drawn uniformly in ``[0, max_phase]``.
+        ``r_min <= |lambda| <= r_max`` (paper default ``0.9 .. 0.999``);
+        ``0 <= r_min < r_max < 1``.
+      max_phase: phases are drawn uniformly in ``[0, max_phase]``; ``> 0``.
       param_dtype: real dtype of the parameters; the state is the matching complex
         dtype.
 
@@ -73,8 +75,12 @@ def lru(
     """
     H = _checks.positive_int(hidden_size, "hidden_size")
     N = _checks.positive_int(state_size, "state_size")
-    if not 0.0 <= r_min < r_max <= 1.0:
-        raise ValueError(f"lru needs 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
+    if not 0.0 <= r_min < r_max < 1.0:  # also refuses NaN
+        raise ValueError(
+            f"lru needs 0 <= r_min < r_max < 1 (|lambda| = 1 does not decay, and its "
+            f"nu_log = log(-log|lambda|) is -inf), got r_min={r_min}, r_max={r_max}")
+    _checks.real(max_phase, "max_phase", "lru", above=0.0,
+                 why="theta_log = log(max_phase * u) is undefined otherwise")
     if jnp.dtype(param_dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
         raise TypeError(f"lru: param_dtype must be float32 or float64 (the state is complex), "
                         f"got {jnp.dtype(param_dtype)}")
@@ -217,7 +223,8 @@ def rg_lru(
         equal it, as in the paper; project first otherwise).
       num_heads: number of diagonal blocks of ``W_a`` and ``W_x`` (RecurrentGemma 2B
         uses 10 blocks of 256); ``1`` makes them dense.
-      c: the constant ``c`` of ``a_t = a^{c r_t}`` (paper: 8).
+      c: the constant ``c`` of ``a_t = a^{c r_t}`` (paper: 8); ``> 0``, else
+        ``a_t >= 1`` never decays.
       r_min, r_max: the ring of ``a = sigmoid(Lambda)`` at initialisation.
       max_sqrt_gradient: cap on the derivative of the ``sqrt`` in
         ``sqrt(1 - a_t^2)`` (RecurrentGemma: 1000, which keeps bfloat16 training
@@ -240,6 +247,9 @@ def rg_lru(
     K = _checks.positive_int(num_heads, "num_heads")
     if H % K:
         raise ValueError(f"rg_lru: hidden_size ({H}) must be divisible by num_heads ({K})")
+    _checks.real(c, "c", "rg_lru", above=0.0,
+                 why="a_t = sigmoid(Lambda)^(c r_t) must decay; c <= 0 makes a_t >= 1, a "
+                     "recurrence that never forgets")
     if not 0.0 < r_min < r_max < 1.0:
         raise ValueError(f"rg_lru needs 0 < r_min < r_max < 1, got r_min={r_min}, "
                          f"r_max={r_max}")

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax.cells._common import _draw, _linear_cell
-from seqjax.cells.contract import Array, Cell, Initializer, constructor
+from seqjax.cells._constructor import constructor
+from seqjax.cells.contract import Array, Cell, Initializer
 
 
 class S6Params(NamedTuple):
@@ -111,6 +112,9 @@ def s6(
     if not 0.0 < dt_min <= dt_max:
         raise ValueError(f"s6 needs 0 < dt_min <= dt_max, got dt_min={dt_min}, "
                          f"dt_max={dt_max}")
+    for name, value in (("dt_max", dt_max), ("dt_init_floor", dt_init_floor),
+                        ("dt_scale", dt_scale)):
+        _checks.real(value, name, "s6")
 
     def init(key, input_size_):
         I = _checks.positive_int(input_size_, "input_size")
@@ -162,7 +166,8 @@ from jax import lax  # noqa: E402
 from seqjax import _checks  # noqa: E402,F811
 from seqjax import chunkwise as _chunkwise  # noqa: E402
 from seqjax.cells._common import _affine, _draw  # noqa: E402,F811
-from seqjax.cells.contract import Array, Cell, Initializer, constructor  # noqa: E402,F811
+from seqjax.cells._constructor import constructor  # noqa: E402,F811
+from seqjax.cells.contract import Array, Cell, Initializer  # noqa: E402,F811
 
 
 class Mamba2Params(NamedTuple):
@@ -264,6 +269,12 @@ def mamba2(
     if not 0.0 < low <= high:
         raise ValueError(f"mamba2 needs 0 < a_init_range[0] <= a_init_range[1], got "
                          f"{a_init_range}")
+    for name, value in (("dt_max", dt_max), ("dt_init_floor", dt_init_floor),
+                        ("a_init_range[1]", high)):
+        _checks.real(value, name, "mamba2")
+    _checks.real(norm_eps, "norm_eps", "mamba2", above=0.0,
+                 why="it keeps the gated RMSNorm's rsqrt(mean(y^2) + norm_eps) finite where "
+                     "y = 0")
     recurrence = _chunkwise.gated_outer_product(normalised=False)
 
     def init(key, input_size_):

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from seqjax import _checks
 from seqjax.cells._common import (_affine, _blocks, _draw, _input_size_from, _linear_cell,
                                   lecun_normal, zeros)
-from seqjax.cells.contract import Array, Cell, Initializer, constructor
+from seqjax.cells._constructor import constructor
+from seqjax.cells.contract import Array, Cell, Initializer
 
 
 class MinParams(NamedTuple):

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 from seqjax import _checks
 from seqjax.cells._common import (_affine, _as_input, _blocks, _draw, _input_size_from,
                                   _no_extras, lecun_normal, zeros)
-from seqjax.cells.contract import Array, Cell, Hoist, Initializer, Recurrent, constructor
+from seqjax.cells._constructor import constructor
+from seqjax.cells.contract import Array, Cell, Hoist, Initializer, Recurrent
 
 
 class SLSTMParams(NamedTuple):
@@ -210,7 +211,8 @@ from jax import lax  # noqa: E402
 from seqjax import _checks  # noqa: E402
 from seqjax import chunkwise as _chunkwise  # noqa: E402
 from seqjax.cells._common import _affine, _draw  # noqa: E402,F811
-from seqjax.cells.contract import Array, Cell, Initializer, constructor  # noqa: E402,F811
+from seqjax.cells._constructor import constructor  # noqa: E402,F811
+from seqjax.cells.contract import Array, Cell, Initializer  # noqa: E402,F811
 
 
 class MLSTMParams(NamedTuple):
@@ -334,6 +336,12 @@ def mlstm(
       arXiv:2405.04517, section 2.3.
     """
     H, heads, d_k, d_v = _chunkwise.head_split("mlstm", hidden_size, num_heads, key_size)
+    _checks.real(eps, "eps", "mlstm", above=0.0,
+                 why="it keeps the denominator max(|n^T q|, exp(-m)) + eps of h~ positive "
+                     "where exp(-m) underflows")
+    _checks.real(norm_eps, "norm_eps", "mlstm", above=0.0,
+                 why="it keeps the head-wise layer norm's rsqrt(var + norm_eps) finite for a "
+                     "constant head (every head, with one channel)")
     recurrence = _chunkwise.gated_outer_product(normalised=True, eps=eps)
 
     def init(key, input_size_):

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from seqjax.cells.contract import combine_facts
 from seqjax.kernels.pallas_scan import _accumulator, _next_pow2, default_interpret
 
 MAX_ON_CHIP_BYTES = 128 * 1024
@@ -119,8 +120,6 @@ def fused_recurrent(recurrent, params, us, state, *, valid=None, reverse: bool =
         float32 and keeps the state in float32; with ``dtype=bfloat16`` an LSTM up to
         ``H = 128`` fits on chip).
     """
-    from seqjax.unroll import _combine_facts
-
     weight, extras = recurrent.weight(params), recurrent.extras(params)
     if recurrent.dtype is not None:
         # mixed precision: the kernel multiplies in the weight's dtype and accumulates in
@@ -149,7 +148,7 @@ def fused_recurrent(recurrent, params, us, state, *, valid=None, reverse: bool =
         raise ValueError(f"fused_recurrent: block_batch must be a power of 2, got {block_batch}")
     leaves, state_tree = _tree.tree_flatten(state)
     extras_leaves, extras_tree = _tree.tree_flatten(extras)
-    facts = _combine_facts(recurrent.combine, extras, state, gates, us.dtype)
+    facts = combine_facts(recurrent.combine, extras, state, gates, us.dtype)
     config = _Config(
         recurrent.hidden, recurrent.combine, state_tree,
         tuple(l.shape[1:] for l in leaves), extras_tree,

@@ -1,17 +1,18 @@
 """seqjax's cells against numpy written from the published equations, in float64.
 
-The references below are written the way the seeds and papers write the cells, not
-the way seqjax stores them: the LSTM has four separate matrices ``W_f, W_i, W_c, W_o``
-acting on the concatenation ``[h_{t-1}, x_t]`` (seeds 000 and 002), the Elman cell
-``h_t = phi(W_hh h_{t-1} + W_xh x_t + b)`` uses column vectors (seed 002), the GRU
-candidate is ``tanh(X W_xh + (R * H) W_hh + b_h)`` (seed 003, row vectors). The seqjax
-params are then assembled from those matrices (transposed, sliced, concatenated into
-the fused ``[in, gates * H]`` layout), so a wrong gate order or a transposed block
-fails here.
+The references below are written the way the papers write the cells, not the way
+seqjax stores them: the LSTM has four separate matrices ``W_f, W_i, W_c, W_o`` acting
+on the concatenation ``[h_{t-1}, x_t]`` (Hochreiter & Schmidhuber 1997 with the forget
+gate of Gers et al. 2000), the Elman cell ``h_t = phi(W_hh h_{t-1} + W_xh x_t + b)``
+uses column vectors (Elman 1990), the GRU candidate is
+``tanh(X W_xh + (R * H) W_hh + b_h)`` in row vectors (Cho et al. 2014, eqs. 5-8). The
+seqjax params are then assembled from those matrices (transposed, sliced,
+concatenated into the fused ``[in, gates * H]`` layout), so a wrong gate order or a
+transposed block fails here.
 
-Seed 003 writes the LSTM memory update as ``C_t = sigma(f_t * C_{t-1} + i_t * C~_t)``;
-seeds 000 and 002 (and Hochreiter & Schmidhuber, Gers et al.) have no sigma there, and
-that is what the reference uses.
+The LSTM memory update is ``C_t = f_t * C_{t-1} + i_t * C~_t`` with no nonlinearity
+around it, as in Hochreiter & Schmidhuber and Gers et al. (some secondary sources
+write ``sigma(...)`` around it); that is what the reference uses.
 """
 
 import jax
@@ -58,7 +59,7 @@ def _elman(seed, phi):
     r = _rng(seed)
     W_hh, W_xh, b = r.normal(size=(H, H)), r.normal(size=(H, I)), r.normal(size=H)
 
-    def step(h, x):  # seed 002: h_t = tanh(W_hh h_{t-1} + W_xh x_t), plus a bias
+    def step(h, x):  # Elman 1990: h_t = tanh(W_hh h_{t-1} + W_xh x_t), plus a bias
         h = phi(W_hh @ h + W_xh @ x + b)
         return h, h
 
@@ -90,7 +91,8 @@ def test_elman(x64, name, phi_np, phi_jax):
 
 
 def _lstm_reference(seed):
-    """Seeds 000/002: one matrix per gate on [h_{t-1}, x_t], one bias per gate."""
+    """Hochreiter & Schmidhuber 1997, Gers et al. 2000: one matrix per gate on
+    [h_{t-1}, x_t], one bias per gate."""
     r = _rng(seed)
     W = {g: r.normal(size=(H, H + I)) * 0.7 for g in "fico"}
     b = {g: r.normal(size=H) for g in "fico"}
@@ -166,7 +168,7 @@ def test_lstm_forget_bias_is_an_initial_value_only(x64):
 
 def _gru_weights(seed):
     r = _rng(seed)
-    # row-vector convention of seed 003: X [1, I] @ W_x* [I, H], H [1, H] @ W_h* [H, H]
+    # row vectors: X [1, I] @ W_x* [I, H], H [1, H] @ W_h* [H, H]
     Wx = {g: r.normal(size=(I, H)) for g in "rzh"}
     Wh = {g: r.normal(size=(H, H)) * 0.7 for g in "rzh"}
     b = {g: r.normal(size=H) for g in "rzh"}
@@ -192,7 +194,7 @@ def test_gru(x64, reset_after):
         Z = sigmoid(X @ Wx["z"] + Hprev @ Wh["z"] + b["z"])
         if reset_after:  # Cho et al. 2014 / cuDNN: reset applied after the matmul
             H_tilde = np.tanh(X @ Wx["h"] + b["h"] + R * (Hprev @ Wh["h"] + b_hn))
-        else:  # seed 003: H~ = tanh(X W_xh + (R * H) W_hh + b_h)
+        else:  # Cho et al. 2014, eqs. 5-8: H~ = tanh(X W_xh + (R * H) W_hh + b_h)
             H_tilde = np.tanh(X @ Wx["h"] + (R * Hprev) @ Wh["h"] + b["h"])
         Hnew = Z * Hprev + (1 - Z) * H_tilde
         return Hnew, Hnew

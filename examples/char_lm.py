@@ -8,8 +8,10 @@ license; no download). The topics are joined in name order and the last
 ``test_fraction`` of the characters is held out. ``--text-file`` trains on any
 UTF-8 file instead.
 
-A recurrent cell reads random windows of the training text and predicts each next
-character. On the held-out text the model's cross-entropy in bits per character
+A recurrent cell (``--cell``), or a language model of published blocks and their
+hybrids (``--cell griffin,griffin,local_attention``, ``--blocks mamba2 --layers 4``:
+:func:`seqjax.lm.language_model`), reads random windows of the training text and
+predicts each next character. On the held-out text the model's cross-entropy in bits per character
 is printed beside the unigram baseline: the cross-entropy of the training
 character frequencies (add-one smoothed, so every test character has a
 probability) on the same test characters. Then the model continues a prompt by
@@ -19,21 +21,36 @@ Run::
 
     python -m examples.char_lm
     python -m examples.char_lm --cell lstm --steps 3000 --prompt "The while statement"
-    python -m examples.char_lm --cell slstm       # or rg_lru, s6, lru, min_gru, ...
+    python -m examples.char_lm --cell slstm       # or rg_lru, s6, lru, min_gru, mlstm, ...
+    python examples/char_lm.py --cell griffin,griffin,local_attention --layers 2
+    python examples/char_lm.py --blocks mamba2 --layers 4
     python -m examples.char_lm --text-file some_book.txt
+
+``--cell`` takes a cell name (a one-to-many model around the cell) or block names
+separated by commas (a decoder language model of those blocks, the pattern repeated
+``--layers`` times; a block name that is not a cell, such as ``griffin``, also works
+alone). ``--blocks`` always builds the language model, also from names that are cells
+too (``mamba2``, ``mlstm``, ``slstm``: the published blocks around those cells).
 """
 
 from __future__ import annotations
 
 import itertools
+import pathlib
+import sys
 
 import jax
 import numpy as np
 
-import seqjax
-from examples import _common
-from examples._common import losses_of
-from seqjax import _cli, losses, models, train
+# Run as a file (python examples/char_lm.py), the checkout's root is not on the
+# path, so `examples` would not be importable: put it first.
+if not __package__:
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import seqjax  # noqa: E402
+from examples import _common  # noqa: E402
+from examples._common import losses_of  # noqa: E402
+from seqjax import _cli, blocks, lm, losses, models, train  # noqa: E402
 
 # name -> (the cell from the hidden size, whether it reads inputs as wide as its hidden
 # state). The last kind (lru, rg_lru, s6: their input gates or skip terms are
@@ -45,7 +62,24 @@ CELLS.update({
     "slstm": (lambda h: seqjax.slstm(h), False),  # 4 heads: hidden divisible by 4
     "rg_lru": (lambda h: seqjax.rg_lru(h), True),
     "s6": (lambda h: seqjax.s6(h), True),
+    # matrix-state cells: heads of 64 channels (hidden 192: 3 heads)
+    "mlstm": (lambda h: seqjax.mlstm(h), False),
+    "delta_net": (lambda h: seqjax.delta_net(h), False),
+    "gated_delta_net": (lambda h: seqjax.gated_delta_net(h), False),
+    "mamba2": (lambda h: seqjax.mamba2(h), False),
 })
+
+
+def block_pattern(spec: str):
+    """The block names of a ``--cell``/``--blocks`` value, or ``None`` for a cell."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if len(names) == 1 and names[0] in CELLS and "," not in spec:
+        return None
+    unknown = [n for n in names if n not in blocks.names()]
+    if unknown or not names:
+        raise ValueError(f"char_lm: unknown cell or block {', '.join(unknown) or spec!r}; cells: "
+                         f"{', '.join(sorted(CELLS))}; blocks: {', '.join(blocks.names())}")
+    return names
 
 UNK = 0  # id of characters never seen in training
 
@@ -127,7 +161,8 @@ def chunks(ids, length: int):
     return x, y, lengths
 
 
-def run(*, cell: str = "gru", hidden: int = 192, embed_dim: int = 32, steps: int = 1500,
+def run(*, cell: str = "gru", blocks_: str | None = None, layers: int = 1, hidden: int = 192,
+        embed_dim: int = 32, steps: int = 1500,
         seq_len: int = 64, batch_size: int = 32, lr: float = 3e-3, test_fraction: float = 0.1,
         prompt: str = "The if statement", sample_steps: int = 300, temperature: float = 0.7,
         eval_len: int = 256, seed: int = 0, progress: bool = True, text: str | None = None,
@@ -135,7 +170,12 @@ def run(*, cell: str = "gru", hidden: int = 192, embed_dim: int = 32, steps: int
     """Trains the language model, scores it on held-out text and samples from it.
 
     Args:
-      cell: a name from :data:`CELLS`.
+      cell: a name from :data:`CELLS`, or block names separated by commas (see the
+        module docstring).
+      blocks_: block names separated by commas: a language model of those blocks
+        (overrides ``cell``).
+      layers: how many times the block pattern repeats.
+      hidden: the cell's hidden size, or the language model's ``d_model``.
       embed_dim: width of the character embedding; cells whose input must be as
         wide as their state (``lru``, ``rg_lru``, ``s6``) use ``hidden`` instead.
       eval_len: the held-out text is scored in consecutive chunks of this many
@@ -149,14 +189,18 @@ def run(*, cell: str = "gru", hidden: int = 192, embed_dim: int = 32, steps: int
       ``vocab_size``, ``n_train``/``n_test`` characters, ``losses`` (training
       loss per step, nats per character) and ``embed_dim`` (the width used).
     """
-    if cell not in CELLS:
-        raise ValueError(f"char_lm: unknown cell {cell!r}; choose from "
-                         f"{', '.join(sorted(CELLS))}")
-    make, square = CELLS[cell]
-    embed_dim = hidden if square else embed_dim
+    pattern = (block_pattern(blocks_ + ",") if blocks_ is not None else block_pattern(cell))
     corpus = Corpus(load_text(text_file) if text is None else text, test_fraction)
-    model = models.one_to_many(make(hidden), vocab_size=corpus.vocab_size,
-                               embed_dim=embed_dim)
+    if pattern is None:
+        make, square = CELLS[cell]
+        embed_dim = hidden if square else embed_dim
+        model = models.one_to_many(make(hidden), vocab_size=corpus.vocab_size,
+                                   embed_dim=embed_dim)
+    else:
+        embed_dim = hidden
+        model = lm.language_model(vocab_size=corpus.vocab_size, d_model=hidden,
+                                  blocks=pattern * layers,
+                                  max_length=max(seq_len, eval_len) + len(prompt) + sample_steps)
     key_init, key_sample = jax.random.split(jax.random.PRNGKey(seed))
     params = model.init(key_init)
 
@@ -175,7 +219,7 @@ def run(*, cell: str = "gru", hidden: int = 192, embed_dim: int = 32, steps: int
 
     @jax.jit
     def mean_nats(params, x, y, lengths):
-        logits = jax.vmap(model.apply, in_axes=(None, 0, 0))(params, x, lengths)
+        logits = jax.vmap(lambda x_, n: model.apply(params, x_, length=n))(x, lengths)
         return losses.softmax_cross_entropy(logits, y, losses.sequence_mask(lengths, x.shape[1]))
 
     bits = float(mean_nats(state.params, x, y, lengths)) / np.log(2.0)
@@ -191,13 +235,20 @@ def run(*, cell: str = "gru", hidden: int = 192, embed_dim: int = 32, steps: int
         "n_test": len(corpus.test),
         "losses": losses_of(history),
         "embed_dim": embed_dim,
+        "model": repr(model),
     }
 
 
 def main(argv=None):
     parser = _common.parser_for(__doc__, _cli.ArgumentParser)
-    parser.add_argument("--cell", choices=sorted(CELLS), default="gru",
-                        help="recurrent cell (seqjax constructor of that name)")
+    parser.add_argument("--cell", default="gru",
+                        help=f"a recurrent cell ({', '.join(sorted(CELLS))}) or block names "
+                             f"separated by commas ({', '.join(blocks.names())})")
+    parser.add_argument("--blocks", dest="blocks_", default=None,
+                        help="block names separated by commas: a language model of them "
+                             "(overrides --cell)")
+    parser.add_argument("--layers", type=_cli.positive_int, default=1,
+                        help="times the block pattern repeats")
     parser.add_argument("--hidden", type=_cli.positive_int, default=192,
                         help="hidden size of the cell")
     parser.add_argument("--embed-dim", type=_cli.positive_int, default=32,
@@ -224,9 +275,13 @@ def main(argv=None):
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="do not draw the training progress bar")
     args = parser.parse_args(argv)
+    try:
+        block_pattern(args.cell) if args.blocks_ is None else block_pattern(args.blocks_ + ",")
+    except ValueError as error:
+        parser.error(str(error))
     metrics = run(**vars(args))
     print(f"sample (temperature {args.temperature}):\n{metrics['sample']}\n")
-    print(f"char LM [{args.cell} {args.hidden}, embedding {metrics['embed_dim']}] held-out "
+    print(f"char LM [{metrics['model']}, width {args.hidden}, embedding {metrics['embed_dim']}] held-out "
           f"{metrics['bits_per_char']:.3f} bits/char   unigram baseline "
           f"{metrics['baseline']:.3f} bits/char "
           f"({metrics['n_train']} train / {metrics['n_test']} test characters)")

@@ -65,10 +65,13 @@ from seqjax.unroll import unroll
 from seqjax.unroll import unroll_batch
 
 # submodules with their own namespaces: seqjax.models.many_to_one, seqjax.train.fit, ...
+from seqjax import blocks
 from seqjax import checkpoint
 from seqjax import chunkwise
 from seqjax import diagnostics
 from seqjax import experiments
+from seqjax import layers
+from seqjax import lm
 from seqjax import losses
 from seqjax import models
 from seqjax import tasks
@@ -92,6 +95,7 @@ __all__ = (
     "SequenceModel",
     "add",
     "bidirectional",
+    "blocks",
     "chrono_init",
     "checkpoint",
     "concat",
@@ -103,6 +107,8 @@ __all__ = (
     "experiments",
     "dropout",
     "gru",
+    "layers",
+    "lm",
     "losses",
     "lru",
     "lstm",

@@ -1328,6 +1328,163 @@ def plot_learnability(out, data):
     return paths
 
 
+# ------------------------------------------------------- language models: per layer
+
+
+def copy_tokens(key, batch: int, length: int, vocab: int):
+    """The copy task as language modelling: ``k = (length - 1) // 2`` random symbols from
+    ``[1, vocab)``, the separator 0, then the same symbols again (and zeros to fill):
+    only the copied half is predictable, and only from ``k + 1`` steps back.
+
+    Returns ``(tokens [batch, length], mask [batch, length - 1])``, the mask true where a
+    next-token prediction is scored (the copied symbols).
+    """
+    k = (length - 1) // 2
+    symbols = jax.random.randint(key, (batch, k), 1, vocab)
+    tokens = jnp.concatenate([symbols, jnp.zeros((batch, 1), symbols.dtype), symbols,
+                              jnp.zeros((batch, length - 2 * k - 1), symbols.dtype)], axis=1)
+    position = jnp.arange(length - 1)
+    mask = (position >= k) & (position < 2 * k)  # predictions of tokens k + 1 .. 2k
+    return tokens.astype(jnp.int32), jnp.broadcast_to(mask, (batch, length - 1))
+
+
+def lm_gradients(model, params, tokens, mask):
+    """``(loss, norms [L + 1, T])``: the copy loss of a batch and ``||dL/dx^{(l)}_t||``,
+    the Frobenius norm over the batch of the gradient w.r.t. the residual stream
+    (:meth:`seqjax.lm.Decoder.hidden_gradients`)."""
+
+    def example(t, m):
+        def loss_fn(logits, tokens_, length):
+            return seqjax.losses.softmax_cross_entropy(logits[:-1], tokens_[1:], m)
+
+        return model.hidden_gradients(params, t, loss_fn=loss_fn)
+
+    losses, grads = jax.vmap(example)(tokens, mask)  # grads [B, L + 1, T, D]
+    # the batch loss is the mean of the examples': its gradient is theirs over B
+    grads = grads / tokens.shape[0]
+    return jnp.mean(losses), jnp.sqrt(jnp.sum(grads * grads, axis=(0, 3)))
+
+
+def run_lm(*, blocks, d_model, length, vocab, steps, batch, learning_rate, seed=0,
+           progress=True):
+    """Trains a language model of ``blocks`` on the copy task, recording per-layer,
+    per-step gradient norms at initialisation and after ``steps`` updates."""
+    model = seqjax.lm.language_model(vocab_size=vocab, d_model=d_model, blocks=blocks,
+                                     max_length=max(length, 16))
+    key = jax.random.PRNGKey(seed)
+    params = model.init(key)
+    measure = jax.jit(lambda p, t, m: lm_gradients(model, p, t, m))
+    probe = copy_tokens(jax.random.PRNGKey(seed + 1), batch, length, vocab)
+    loss0, norms0 = measure(params, *probe)
+
+    def loss_fn(p, data, rng):
+        return measure(p, *data)[0]
+
+    history = []
+    if steps:
+        state, history = train.fit(
+            loss_fn, train.default_optimizer(learning_rate), params,
+            lambda step, rng: copy_tokens(jax.random.fold_in(key, step), batch, length, vocab),
+            steps=steps, progress=progress)
+        params = state.params
+    loss1, norms1 = measure(params, *probe)
+    return dict(model=repr(model), loss=[float(loss0), float(loss1)],
+                norms={"init": np.asarray(norms0).tolist(), "trained": np.asarray(norms1).tolist()},
+                curve=[float(h["loss"]) for h in history])
+
+
+def plot_lm(out, meta, result):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = meta["blocks"]
+    layers = ["embedding"] + [f"{i + 1}: {b}" for i, b in enumerate(blocks)]
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, phase in zip(axes, ("init", "trained")):
+        norms = np.asarray(result["norms"][phase])
+        for l, (label, colour) in enumerate(zip(layers, colours)):
+            ax.plot(np.arange(norms.shape[1]), np.where(norms[l] > 0, norms[l], np.nan),
+                    color=colour, lw=1.2, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("position t")
+        ax.set_title(f"{'at initialisation' if phase == 'init' else 'after %d steps' % meta['steps']}"
+                     f" (copy loss {result['loss'][0 if phase == 'init' else 1]:.3f})",
+                     fontsize=9)
+        ax.axvline((meta["length"] - 1) // 2, color="k", ls=":", lw=0.8)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("‖∂L/∂x⁽ˡ⁾_t‖ (log)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Gradient norms per layer and position: {', '.join(blocks)}; d_model "
+                 f"{meta['d_model']}, T {meta['length']}, copy task (dotted: separator)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path = pathlib.Path(out) / "gradnorm_lm.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main_lm(argv=None) -> int:
+    """``seqjax gradnorm lm``: per-layer, per-position gradient norms of a language model."""
+    p = argparse.ArgumentParser(
+        prog="seqjax gradnorm lm",
+        description="||dL/dx^(l)_t|| for every layer l and position t of a language model "
+                    "(any blocks: a hybrid by default) on the copy task, at initialisation "
+                    "and after training.")
+    p.add_argument("--blocks", type=_cli.names(seqjax.blocks.names()),
+                   default=("griffin", "griffin", "local_attention"),
+                   help="comma-separated block names, bottom to top (default "
+                        "griffin,griffin,local_attention)")
+    p.add_argument("--d-model", type=_cli.positive_int, default=64, help="default 64")
+    p.add_argument("--length", type=_cli.positive_int, default=128,
+                   help="sequence length T, at least 4 (default 128)")
+    p.add_argument("--vocab", type=_cli.positive_int, default=16,
+                   help="vocabulary, at least 3 (default 16)")
+    p.add_argument("--steps", type=_cli.nonnegative_int, default=200,
+                   help="training steps (default 200; 0: initialisation only)")
+    p.add_argument("--batch", type=_cli.positive_int, default=16, help="default 16")
+    p.add_argument("--lr", type=_cli.positive_float, default=3e-3, help="default 3e-3")
+    p.add_argument("--seed", type=_cli.nonnegative_int, default=0, help="default 0")
+    p.add_argument("--out", default="results/gradnorm_lm",
+                   help="output folder (default results/gradnorm_lm)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = p.parse_args(argv)
+    if args.length < 4:
+        p.error(f"argument --length: expected at least 4, got {args.length}")
+    if args.vocab < 3:
+        p.error(f"argument --vocab: expected at least 3, got {args.vocab}")
+    start = time.perf_counter()
+    result = run_lm(blocks=list(args.blocks), d_model=args.d_model, length=args.length,
+                    vocab=args.vocab, steps=args.steps, batch=args.batch,
+                    learning_rate=args.lr, seed=args.seed, progress=args.progress)
+    dev = jax.devices()[0]
+    meta = dict(command="seqjax gradnorm lm " + " ".join(list(argv or [])),
+                blocks=list(args.blocks), d_model=args.d_model, length=args.length,
+                vocab=args.vocab, steps=args.steps, batch=args.batch, lr=args.lr,
+                seed=args.seed, wall_s=time.perf_counter() - start, device=str(dev),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                versions={"python": platform.python_version(), "seqjax": seqjax.__version__,
+                          "jax": _version("jax")})
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "gradnorm_lm.json", "w") as f:
+        json.dump(dict(meta=meta, **result), f, indent=1)
+    written = [out / "gradnorm_lm.json"]
+    if args.plots:
+        written.append(plot_lm(out, meta, result))
+    for phase in ("init", "trained"):
+        norms = np.asarray(result["norms"][phase])
+        first = ", ".join(f"{v:.2e}" for v in norms[:, 0])
+        print(f"{phase:>7}: ||dL/dx_0|| per layer (embedding first): {first}")
+    print(f"copy loss {result['loss'][0]:.3f} -> {result['loss'][1]:.3f}; "
+          f"wall time {meta['wall_s']:.1f} s")
+    print("wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
 EXPERIMENTS = {
     "memory": ("the curse of memory (Zucchet & Orvieto 2024): Var h_t and the sensitivity "
                "dh_t/dlambda, measured against theory", main_memory),
@@ -1335,4 +1492,7 @@ EXPERIMENTS = {
                     "h_t^2 and lambda-gradients per layer against the timescale", main_propagation),
     "learnability": ("learnability against length: which cell learns adding / copy at which "
                      "T, beside ||dL/dh_0|| at initialisation", main_learnability),
+    "lm": ("a language model's ||dL/dx^(l)_t|| for every layer l and position t (any "
+           "blocks, a hybrid by default), at initialisation and after training",
+           main_lm),
 }

@@ -143,3 +143,25 @@ def test_bad_arguments_exit_with_a_message(capsys):
     with pytest.raises(SystemExit):
         gradnorm.main(["--lengths", "10,x"])
     assert "argument --lengths" in capsys.readouterr().err
+
+
+def test_language_model_gradients_per_layer_and_position(tmp_path, capsys):
+    """``seqjax gradnorm lm``: the norms equal ``hidden_gradients`` recomputed by hand, the
+    separator of the copy task shows (nothing before it is scored, so the top layer's
+    gradient there is zero), and the files are written."""
+    out = tmp_path / "lm"
+    assert cli.main(["gradnorm", "lm", "--blocks", "lstm,attention", "--d-model", "16",
+                     "--length", "12", "--vocab", "6", "--steps", "3", "--batch", "4",
+                     "--out", str(out), "--no-progress", "--no-plots"]) == 0
+    data = json.loads((out / "gradnorm_lm.json").read_text())
+    init = np.asarray(data["norms"]["init"])
+    assert init.shape == (3, 12) and np.all(np.isfinite(init))
+    k = (12 - 1) // 2
+    assert np.all(init[-1, :k] == 0) and np.all(init[-1, k:2 * k] > 0)
+    assert np.all(init[0, :2 * k] > 0)  # the embedding of every symbol is read
+    model = seqjax.lm.language_model(vocab_size=6, d_model=16, blocks=["lstm", "attention"],
+                                     max_length=16)
+    tokens, mask = gradnorm.copy_tokens(jax.random.PRNGKey(1), 4, 12, 6)
+    _, norms = gradnorm.lm_gradients(model, model.init(jax.random.PRNGKey(0)), tokens, mask)
+    np.testing.assert_allclose(norms, init, rtol=1e-5, atol=1e-12)
+    assert "wrote" in capsys.readouterr().out

@@ -1,0 +1,210 @@
+"""seqjax.interop.hf.mamba against transformers' MambaForCausalLM: tiny random models
+built and saved locally (float32, CPU, transformers' sequential torch scan), loaded into
+seqjax; logits, greedy generation, prefill + step, saving back, and the errors.
+
+Every 1-D parameter (norm scales, conv bias, ``dt_proj.bias``, ``D``, biases) gets
+N(0, 0.1) noise, so none of them is left at a constant a loader could get wrong
+unnoticed. A second model is untied, has ``in_proj``/``out_proj`` biases and no conv
+bias, a gelu conv activation, an explicit ``time_step_rank`` and an ``intermediate_size``
+that overrides ``expand``.
+"""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+from transformers import AutoModelForCausalLM, MambaConfig, MambaForCausalLM
+
+from seqjax.interop import hf
+from seqjax.interop.hf import HFError
+
+TINY = dict(hidden_size=32, state_size=8, expand=2, conv_kernel=4, time_step_rank="auto",
+            use_mambapy=False, num_hidden_layers=2, vocab_size=64)
+VARIANT = dict(TINY, tie_word_embeddings=False, use_bias=True, use_conv_bias=False,
+               hidden_act="gelu", time_step_rank=5, intermediate_size=48, conv_kernel=3,
+               layer_norm_epsilon=1e-3)
+T, PROMPT, NEW = 40, 24, 16  # PROMPT + NEW = T: the margins reuse apply's compilation
+
+
+def _save(path, config, seed=0):
+    torch.manual_seed(seed)
+    model = MambaForCausalLM._from_config(MambaConfig(**config), attn_implementation="eager",
+                                          dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1 or p.abs().max() == 0:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+def _tokens(seed, shape, vocab=64):
+    return np.random.default_rng(seed).integers(0, vocab, size=shape)
+
+
+def _torch_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor(ids), use_cache=False).logits.double().numpy()
+
+
+def _logits(model, params, ids):
+    return np.asarray(jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))(params, jnp.asarray(ids)),
+                      np.float64)
+
+
+def _relative(a, b):
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny model of /work/shared/hf_tiny_configs.md (tied), saved, with reference
+    logits at T = 40 for two sequences."""
+    path = tmp_path_factory.mktemp("mamba") / "tiny"
+    torch_model = _save(path, TINY)
+    ids = _tokens(0, (2, T))
+    return torch_model, path, ids, _torch_logits(torch_model, ids)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny):
+    return hf.load(tiny[1])
+
+
+def test_logits_match_transformers(tiny, loaded):
+    _, path, ids, ref = tiny
+    model, params = loaded
+    assert params.head is None  # tied: the file has no lm_head.weight
+    error = _relative(_logits(model, params, ids), ref)
+    print(f"tiny mamba: max |logit diff| / max |logit| = {error:.2e}, "
+          f"max |logit| = {np.max(np.abs(ref)):.2f}")
+    assert error <= 1e-4
+
+
+def test_untied_biases_gelu_rank_and_intermediate_size(tmp_path):
+    """The options that change shapes or maths, and load -> save -> load exactly."""
+    torch_model = _save(tmp_path / "variant", VARIANT, seed=3)
+    ids = _tokens(1, (2, 37))
+    model, params = hf.load(tmp_path / "variant")
+    mixer = params.blocks[0].mixer
+    assert params.head is not None and mixer.in_proj.b is not None and mixer.conv.b is None
+    assert mixer.ssm.w_delta_down.shape == (48, 5) and mixer.conv.w.shape == (3, 48)
+    ref = _torch_logits(torch_model, ids)
+    error = _relative(_logits(model, params, ids), ref)
+    print(f"variant mamba: max |logit diff| / max |logit| = {error:.2e}, "
+          f"max |logit| = {np.max(np.abs(ref)):.2f}")
+    assert error <= 1e-4
+    hf.save(model, params, tmp_path / "again")
+    _, again = hf.load(tmp_path / "again")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
+
+
+def test_greedy_generation_matches_transformers(tiny, loaded):
+    """16 new tokens after a 24-token prompt: transformers' cached generate (a prompt
+    forward, then one cached step per token) against seqjax's prefill and step loop."""
+    torch_model, _, ids, _ = tiny
+    model, params = loaded
+    prompt = ids[:, :PROMPT]
+    with torch.no_grad():
+        ref = torch_model.generate(torch.tensor(prompt), attention_mask=torch.ones(
+            prompt.shape, dtype=torch.long), max_new_tokens=NEW, do_sample=False, num_beams=1,
+            eos_token_id=None, pad_token_id=0)
+    ref = ref[:, PROMPT:].numpy()
+    full = np.concatenate([prompt, ref], axis=1)
+    top = np.sort(_logits(model, params, full)[:, PROMPT - 1:-1], axis=-1)
+    for b in range(prompt.shape[0]):
+        ours = model.generate(params, jax.random.PRNGKey(0), jnp.asarray(prompt[b]), NEW,
+                              greedy=True)
+        print(f"mamba row {b}: smallest top-1 / top-2 margin on the greedy path "
+              f"{np.min(top[b, :, -1] - top[b, :, -2]):.3e}")
+        np.testing.assert_array_equal(np.asarray(ours), ref[b])
+
+
+def test_prefill_then_step_equals_apply(tiny, loaded):
+    """Prefill 21 tokens, then 19 steps (transformers' own multi-token continuation of a
+    cache restarts the SSM from zero, so seqjax is compared with itself here and with
+    transformers through generate above)."""
+    model, params = loaded
+    tokens = jnp.asarray(tiny[2][0])
+    full = jax.jit(model.apply)(params, tokens)
+    logits, state = jax.jit(model.prefill)(params, tokens[:21])
+    out = [logits]
+    step = jax.jit(model.step)
+    for t in tokens[21:]:
+        logit, state = step(params, t, state)
+        out.append(logit[None])
+    assert _relative(np.asarray(jnp.concatenate(out), np.float64),
+                     np.asarray(full, np.float64)) <= 1e-5
+
+
+def test_save_opens_in_transformers_and_round_trips(tiny, loaded, tmp_path):
+    _, _, ids, ref = tiny
+    model, params = loaded
+    hf.save(model, params, tmp_path / "saved")
+    reopened = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32).eval()
+    assert isinstance(reopened, MambaForCausalLM)
+    assert _relative(_torch_logits(reopened, ids), ref) <= 1e-6
+    assert "lm_head.weight" not in load_file(str(tmp_path / "saved" / "model.safetensors"))
+    _, again = hf.load(tmp_path / "saved")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
+
+
+def _copy(tiny, tmp_path, edit_config=None):
+    path = tmp_path / "copy"
+    shutil.copytree(tiny[1], path)
+    if edit_config is not None:
+        config = json.loads((path / "config.json").read_text())
+        edit_config(config)
+        (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def _edit_tensors(path, edit):
+    tensors = load_file(str(path / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_original_embedding_name_is_read(tiny, loaded, tmp_path):
+    """``backbone.embedding.weight`` (the state-spaces checkpoints' name) loads as the
+    embedding."""
+    path = _copy(tiny, tmp_path)
+    _edit_tensors(path, lambda t: t.update({"backbone.embedding.weight":
+                                            t.pop("backbone.embeddings.weight")}))
+    _, params = hf.load(path)
+    np.testing.assert_array_equal(params.embed, loaded[1].embed)
+
+
+def test_unsupported_option_is_named(tiny, tmp_path):
+    with pytest.raises(HFError, match="hidden_act='laplace'"):
+        hf.load(_copy(tiny, tmp_path, lambda c: c.update(hidden_act="laplace")))
+
+
+def test_tensor_errors_are_named(tiny, tmp_path):
+    path = _copy(tiny, tmp_path / "missing")
+    name = "backbone.layers.1.mixer.dt_proj.bias"
+    _edit_tensors(path, lambda t: t.pop(name))
+    with pytest.raises(HFError, match=f"no tensor '{name}'"):
+        hf.load(path)
+
+    path = _copy(tiny, tmp_path / "shape")
+    name = "backbone.layers.0.mixer.x_proj.weight"
+    _edit_tensors(path, lambda t: t.update({name: np.zeros((20, 64), np.float32)}))
+    with pytest.raises(HFError, match=rf"'{name}' has shape \(20, 64\), expected \(18, 64\)"):
+        hf.load(path)
+
+    path = _copy(tiny, tmp_path / "extra")
+    name = "backbone.layers.0.mixer.extra.weight"
+    _edit_tensors(path, lambda t: t.update({name: np.zeros((4,), np.float32)}))
+    with pytest.raises(HFError, match=f"no place for: {name}"):
+        hf.load(path)
+
+    path = _copy(tiny, tmp_path / "untied", lambda c: c.update(tie_word_embeddings=False))
+    with pytest.raises(HFError, match="no tensor 'lm_head.weight'"):
+        hf.load(path)

@@ -27,6 +27,18 @@ then renamed over the target with ``os.replace`` (atomic on POSIX). A crash or a
 exception during :func:`save` leaves the previous checkpoint intact; the temporary of
 a save that was killed (``kill -9``, power loss) is removed by the next :func:`save`
 into the same directory, once the process that wrote it is gone.
+
+**Many processes.** A train state on a mesh that spans several processes
+(``jax.distributed``; :mod:`seqjax.launch`) is saved by *every* process calling
+:func:`save` with the same path: arrays split over processes are gathered, process 0
+alone writes the file (atomically, as above), and every process returns once it is
+complete -- or raises if process 0 could not write it. The file is the same as one
+process would write: whole arrays, no trace of the mesh, so any number of processes
+or devices restores it (resharding): :func:`restore` on every process reads it (from
+a file system they all see) and puts each array where the template's is. Orbax's
+sharded, asynchronous checkpoints pay off for params too large for one host; a
+recurrent model's state is small and replicated by data parallelism, so one verified
+file written by one process keeps the core lean.
 """
 
 from __future__ import annotations
@@ -38,8 +50,10 @@ import os
 import re
 import secrets
 import socket
+import struct
 import time
 import zipfile
+import zlib
 from typing import Optional
 
 import jax
@@ -181,8 +195,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _spans_processes(tree) -> bool:
+    """Whether some array of ``tree`` lives on devices of several processes."""
+    return any(isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+               for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _gathered(leaf):
+    """A leaf whose whole value this process can read: an array split over processes
+    is gathered (a collective: every process calls it, in the same order)."""
+    if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable \
+            or leaf.is_fully_replicated:
+        return leaf
+    from jax.experimental import multihost_utils
+
+    if _is_key(leaf):
+        data = multihost_utils.process_allgather(jax.random.key_data(leaf), tiled=True)
+        return jax.random.wrap_key_data(jnp.asarray(data), impl=jax.random.key_impl(leaf))
+    return multihost_utils.process_allgather(leaf, tiled=True)
+
+
 def save(path, train_state) -> str:
     """Writes ``train_state`` (any pytree, e.g. :class:`seqjax.train.TrainState`) atomically.
+
+    When ``train_state`` holds arrays on a mesh over several processes, every process
+    calls ``save`` with the same ``path``: process 0 writes the file (arrays split
+    over processes are gathered first) and every process returns once it is written.
 
     Args:
       path: target file; its directory is created if needed. :func:`step_path` names
@@ -195,8 +233,32 @@ def save(path, train_state) -> str:
 
     Raises:
       TypeError: a leaf that is none of the above.
+      RuntimeError: (on the other processes) process 0 could not write the file; it
+        raises its own error.
     """
     path = os.fspath(path)
+    if not _spans_processes(train_state):
+        return _write(path, train_state)
+    from jax.experimental import multihost_utils
+
+    train_state = jax.tree_util.tree_map(_gathered, train_state)
+    error = None
+    if jax.process_index() == 0:
+        try:
+            _write(path, train_state)
+        except BaseException as e:  # re-raised below, once the others know
+            error = e
+    written = multihost_utils.process_allgather(np.int32(error is None))
+    if error is not None:
+        raise error
+    if not np.all(written):
+        raise RuntimeError(f"checkpoint.save: process 0 could not write {path} (its own "
+                           "error says why); the previous checkpoints are intact")
+    return path
+
+
+def _write(path: str, train_state) -> str:
+    """:func:`save` in this process alone."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     entries = _entries(train_state)
@@ -241,6 +303,40 @@ def save(path, train_state) -> str:
 # ----------------------------------------------------------------------- reading
 
 
+# What Python's zipfile (and the zlib and struct calls beneath it) raises on a damaged
+# archive besides BadZipFile: a header field read past the end (EOFError, struct.error),
+# a flipped flag, version or method byte ("encrypted, password required" is a
+# RuntimeError; "zip file version", "compression method", "patched data" are
+# NotImplementedErrors), a bad length or offset (ValueError, zlib.error, OSError), a
+# renamed member (KeyError). Caught only around the zipfile calls that read the file
+# (never FileNotFoundError: a missing file says so), and re-raised as a CheckpointError
+# that names the file and keeps the original as its cause.
+_DAMAGE = (zipfile.BadZipFile, zlib.error, struct.error, EOFError, NotImplementedError,
+           RuntimeError, ValueError, KeyError, OSError)
+
+
+def _damaged(path: str, what: str, error: BaseException) -> CheckpointError:
+    """The :class:`CheckpointError` for ``error``, raised by the zip reader while reading
+    ``what`` of ``path``."""
+    if isinstance(error, zipfile.BadZipFile) and "CRC" in str(error):
+        how = "is corrupted: checksum mismatch (CRC-32) in"
+    elif isinstance(error, (zipfile.BadZipFile, RuntimeError, NotImplementedError)):
+        how = "is corrupted: damaged zip header of"  # a flipped flag, version or method
+    else:
+        how = "is truncated or corrupted: cannot read"
+    return CheckpointError(f"restore: {path} {how} {what} ({type(error).__name__}: {error})")
+
+
+def _read_member(archive, path: str, member: str, what: str) -> bytes:
+    """The bytes of ``member``, CRC-checked; any damage is a :class:`CheckpointError`."""
+    try:
+        return archive.read(member)
+    except FileNotFoundError:
+        raise
+    except _DAMAGE as e:
+        raise _damaged(path, what, e) from e
+
+
 def _open(path: str):
     """``(archive, manifest)``, after checking the file is a whole, intact checkpoint."""
     try:
@@ -263,24 +359,29 @@ def _open(path: str):
                               f"like a zip archive; {size} bytes)")
     try:
         archive = zipfile.ZipFile(path, "r")
-    except zipfile.BadZipFile as e:
+    except FileNotFoundError:
+        raise
+    except _DAMAGE as e:
         raise CheckpointError(
             f"restore: {path} is truncated or corrupted: its zip directory, which is written "
-            f"last, is missing or damaged ({e}; {size} bytes). The save that wrote it was "
-            "probably interrupted; use an earlier checkpoint") from None
+            f"last, is missing or damaged ({type(e).__name__}: {e}; {size} bytes). The save "
+            "that wrote it was probably interrupted; use an earlier checkpoint") from e
     match = _COMMENT.match(archive.comment)
     if match is None:
         archive.close()
         raise CheckpointError(f"restore: {path} is truncated or not a seqjax checkpoint: its "
                               "closing zip record lacks the seqjax signature (archive comment "
                               f"{archive.comment[:60]!r})")
-    try:
-        manifest_bytes = archive.read(_MANIFEST)
-    except (zipfile.BadZipFile, KeyError, OSError) as e:
+    if int(match.group(1)) != VERSION:
         archive.close()
-        what = "checksum mismatch (CRC-32) in" if "CRC" in str(e) else "cannot read"
-        raise CheckpointError(f"restore: {path} is corrupted: {what} its manifest "
-                              f"({e})") from None
+        raise CheckpointError(f"restore: {path} is corrupted or of another version: its zip "
+                              f"record says {FORMAT!r} version {int(match.group(1))}; this "
+                              f"seqjax reads version {VERSION}")
+    try:
+        manifest_bytes = _read_member(archive, path, _MANIFEST, "its manifest")
+    except BaseException:
+        archive.close()
+        raise
     if hashlib.sha256(manifest_bytes).hexdigest() != match.group(2).decode():
         archive.close()
         raise CheckpointError(f"restore: {path} is corrupted: checksum mismatch in the "
@@ -296,15 +397,7 @@ def _open(path: str):
 
 def _read_array(archive, path: str, entry: dict) -> np.ndarray:
     where = entry["path"]
-    try:
-        data = archive.read(entry["member"])
-    except zipfile.BadZipFile as e:
-        what = "checksum mismatch (CRC-32)" if "CRC" in str(e) else "damaged zip header"
-        raise CheckpointError(f"restore: {path} is corrupted: {what} in the array at {where} "
-                              f"({e})") from None
-    except (KeyError, OSError, EOFError) as e:
-        raise CheckpointError(f"restore: {path} is truncated or corrupted: the array at "
-                              f"{where} cannot be read ({type(e).__name__}: {e})") from None
+    data = _read_member(archive, path, entry["member"], f"the array at {where}")
     if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise CheckpointError(f"restore: {path} is corrupted: checksum mismatch in the array "
                               f"at {where} (SHA-256 of {len(data)} bytes)")
@@ -348,6 +441,9 @@ def restore(path, like):
 
     Returns:
       A pytree like ``like``: arrays as ``jax.Array``, Python scalars as Python scalars.
+      Where the template's array lives on a mesh over several processes, the
+      restored one is put on the same devices with the same sharding (each process
+      reads the file and keeps its own part), whatever mesh wrote the file.
 
     Raises:
       FileNotFoundError: no file at ``path``.
@@ -399,6 +495,11 @@ def _convert(path, where, want, entry, archive):
             f"restore: {path} has {got_dtype.name}{list(got_shape)} at {where}, the template "
             f"{want_dtype.name}{list(want_shape)}")
     array = _read_array(archive, path, entry)
+    if isinstance(template, jax.Array) and not template.is_fully_addressable:
+        placed = jax.make_array_from_callback(array.shape, template.sharding,
+                                              lambda index: array[index])
+        return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(want)) \
+            if is_key else placed
     if is_key:
         return jax.random.wrap_key_data(jnp.asarray(array), impl=jax.random.key_impl(want))
     return jnp.asarray(array)

@@ -1,10 +1,11 @@
-"""The ``seqjax`` console command: ``seqjax bench ...``, ``seqjax gradnorm ...`` and
-``seqjax --version``.
+"""The ``seqjax`` console command: ``seqjax bench ...``, ``seqjax gradnorm ...``,
+``seqjax launch ...`` and ``seqjax --version``.
 
 Every subcommand's options are validated by its parser (``seqjax._cli``): a bad value
 ends with exit status 2 and one line naming the option and its rule, never with a
-traceback. The subcommands draw figures and progress bars, which need the ``plots``
-extra (matplotlib, tqdm); without it they stop in one line that says so.
+traceback. ``bench`` and ``gradnorm`` draw figures and progress bars, which need the
+``plots`` extra (matplotlib, tqdm); without it they stop in one line that says so.
+``launch`` (:mod:`seqjax.launch`) needs only the core.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import platform
 import sys
 
 COMMANDS = {
-    "bench": ("seqjax.bench", "benchmark cells against Flax, Equinox, Haiku and PyTorch"),
+    "bench": ("seqjax.bench", "benchmark cells against Flax, Equinox, Haiku and PyTorch; "
+              "bench recall, bench lm: whole models"),
     "gradnorm": ("seqjax.gradnorm", "gradient-norm experiments across sequence lengths"),
+    "launch": ("seqjax.launch", "run a command as N JAX processes on this machine's CPU"),
 }
 
 
-# what every subcommand imports beyond the core (figures, progress bars)
+# what the subcommands import beyond the core (figures, progress bars)
 NEEDS = ("matplotlib", "tqdm")
+# the subcommands that need nothing beyond the core
+LEAN = ("launch",)
 
 
 def _usage() -> str:
@@ -59,7 +64,7 @@ def main(argv=None) -> int:
         return 2
     from seqjax import _extras
 
-    absent = _extras.missing(*NEEDS)
+    absent = [] if argv[0] in LEAN else _extras.missing(*NEEDS)
     if absent and not {"-h", "--help"} & set(argv[1:]):
         print(f"seqjax {argv[0]}: needs {' and '.join(absent)}, which "
               f"{'is' if len(absent) == 1 else 'are'} not installed: "

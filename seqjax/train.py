@@ -12,6 +12,14 @@
 * With a :class:`jax.sharding.Mesh` (:func:`make_mesh`) the step is data parallel:
   the batch is split along the mesh's ``"data"`` axis and params are replicated; XLA
   inserts the gradient all-reduce, so the result equals the single-device step.
+* The same holds when the program runs as several processes (``jax.distributed``;
+  :mod:`seqjax.launch`): the mesh spans every process's devices, each process's
+  ``batches`` returns **its own rows** of the global batch (:func:`process_slice`
+  says which), assembled into one global array with
+  ``jax.make_array_from_process_local_data``; process 0 writes the checkpoints, and
+  every process restores them. A mesh with a ``"time"`` axis as well
+  (``make_mesh(time=k)``) adds sequence parallelism (:mod:`seqjax.parallel`) over the
+  devices of each process.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from seqjax import checkpoint
+from seqjax.parallel import TIME_AXIS
 
 Array = jax.Array
 Params = Any
@@ -98,10 +107,41 @@ def default_optimizer(learning_rate: Union[float, Callable] = 1e-3, *,
 # ------------------------------------------------------------------ data parallelism
 
 
-def make_mesh(devices=None) -> Mesh:
-    """A one-axis mesh named ``"data"`` over ``devices`` (default: all devices)."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+def make_mesh(devices=None, *, time: Optional[int] = None) -> Mesh:
+    """A mesh for data parallelism, optionally with sequence parallelism.
+
+    Without ``time`` the mesh has one axis, ``"data"``, over ``devices``. With
+    ``time=k`` it has two, ``("data", "time")``, of shape ``[n / k, k]``: each run of
+    ``k`` consecutive devices splits the time axis of its rows
+    (:func:`seqjax.parallel.unroll_batch` with ``batch_axis="data"``), and the rows are
+    split over the ``n / k`` such groups.
+
+    Args:
+      devices: the devices, in mesh order. Default: every device of every process
+        (``jax.devices()``), process by process, so that each process's devices are
+        consecutive: its rows of the batch are one contiguous block
+        (:func:`process_slice`), and with ``k`` dividing its device count the
+        ``"time"`` axis stays inside one process (no network traffic in the scan).
+      time: size of the ``"time"`` axis (``None``: no such axis).
+
+    Returns:
+      A :class:`jax.sharding.Mesh` with axis ``"data"``, or ``("data", "time")``.
+
+    Raises:
+      ValueError: ``time`` is not a positive divisor of the number of devices.
+    """
+    if devices is None:
+        devices = jax.devices()
+        if jax.process_count() > 1:
+            devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+    devices = list(devices)
+    if time is None:
+        return Mesh(np.asarray(devices), (DATA_AXIS,))
+    if isinstance(time, bool) or not isinstance(time, int) or time < 1 \
+            or len(devices) % time:
+        raise ValueError(f"make_mesh: time must be a positive divisor of the number of "
+                         f"devices ({len(devices)}), got {time!r}")
+    return Mesh(np.asarray(devices).reshape(-1, time), (DATA_AXIS, TIME_AXIS))
 
 
 def _data_size(mesh: Mesh) -> int:
@@ -122,19 +162,121 @@ def _check_batch(batch, mesh: Mesh) -> None:
                 f"has shape {tuple(shape)}")
 
 
+def _local_data_shards(mesh: Mesh) -> int:
+    """How many positions along ``"data"`` this process's devices occupy."""
+    axis = mesh.axis_names.index(DATA_AXIS)
+    here = jax.process_index()
+    positions = {index[axis] for index, device in np.ndenumerate(mesh.devices)
+                 if device.process_index == here}
+    return len(positions)
+
+
+def _assemble(path, leaf, sharding: NamedSharding, shards: int):
+    """One batch leaf as a global array: this process's rows, or an array that is
+    global already."""
+    mesh = sharding.mesh
+    n = _data_size(mesh)
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        if leaf.ndim == 0 or leaf.shape[0] % n:
+            raise ValueError(
+                f"data parallel: every batch leaf needs a leading batch axis divisible by the "
+                f"{n} devices of the mesh's {DATA_AXIS!r} axis; batch"
+                f"{jax.tree_util.keystr(path)} has global shape {tuple(leaf.shape)}")
+        return jax.device_put(leaf, sharding)
+    local = np.asarray(leaf)
+    if local.ndim == 0 or local.shape[0] % shards:
+        raise ValueError(
+            f"data parallel over {jax.process_count()} processes: each process's batch holds "
+            f"its own rows of the global batch (seqjax.train.process_slice), a leading axis "
+            f"divisible by its {shards} device(s) along the mesh's {DATA_AXIS!r} axis; "
+            f"batch{jax.tree_util.keystr(path)} has shape {tuple(local.shape)} on process "
+            f"{jax.process_index()}")
+    rows = local.shape[0] // shards * n
+    return jax.make_array_from_process_local_data(sharding, local,
+                                                  (rows,) + local.shape[1:])
+
+
 def shard_batch(batch, mesh: Mesh):
     """Puts ``batch`` on ``mesh``, split along its leading axis over ``"data"``.
 
+    When ``mesh`` spans several processes, ``batch`` is this process's rows of the
+    global batch (:func:`process_slice`): the global array is assembled from every
+    process's rows with ``jax.make_array_from_process_local_data``. (A leaf that is
+    already a global ``jax.Array`` is resharded as it is.)
+
     Raises:
-      ValueError: a leaf's batch size is not divisible by the number of devices.
+      ValueError: a leaf's batch size is not divisible by the number of devices (of
+        this process, along ``"data"``, when the mesh spans several).
     """
-    _check_batch(batch, mesh)
-    return jax.device_put(batch, NamedSharding(mesh, P(DATA_AXIS)))
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    if not mesh.is_multi_process:
+        _check_batch(batch, mesh)
+        return jax.device_put(batch, sharding)
+    shards = _local_data_shards(mesh)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: _assemble(path, leaf, sharding, shards), batch)
+
+
+def process_slice(batch_size: int, mesh: Mesh) -> slice:
+    """The rows of a global batch of ``batch_size`` that this process feeds.
+
+    With ``mesh`` over several processes, each process's ``batches`` returns only its
+    rows, ``global_batch[process_slice(batch_size, mesh)]``: read those from disk, or
+    make the global batch from the step's key (the same on every process) and slice
+    it. With one process the slice is every row.
+
+    Args:
+      batch_size: the global batch size (divisible by the size of ``"data"``).
+      mesh: the mesh of :func:`fit` (with a ``"data"`` axis).
+
+    Returns:
+      ``slice(start, stop)``; e.g. ``slice(8, 16)`` on process 1 of 2 for 16 rows.
+
+    Raises:
+      ValueError: ``batch_size`` is not divisible by the size of ``"data"``, or this
+        process's rows are not one contiguous block (devices not ordered process by
+        process; :func:`make_mesh` orders them so).
+    """
+    n = _data_size(mesh)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1 \
+            or batch_size % n:
+        raise ValueError(f"process_slice: batch_size must be a positive multiple of the {n} "
+                         f"devices of the mesh's {DATA_AXIS!r} axis, got {batch_size!r}")
+    index = NamedSharding(mesh, P(DATA_AXIS)).addressable_devices_indices_map((batch_size,))
+    blocks = sorted({s[0].indices(batch_size)[:2] for s in index.values()})
+    start, stop = blocks[0][0], blocks[-1][1]
+    if sum(b - a for a, b in blocks) != stop - start:
+        raise ValueError(f"process_slice: process {jax.process_index()}'s rows are not "
+                         f"contiguous ({blocks}); order the mesh's devices process by "
+                         "process (seqjax.train.make_mesh does)")
+    return slice(start, stop)
+
+
+def _replicated(leaf, sharding: NamedSharding):
+    """``leaf`` on every device of a mesh that spans several processes."""
+    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+        return leaf
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        return jax.device_put(leaf, sharding)
+    if isinstance(leaf, jax.Array) and checkpoint._is_key(leaf):
+        return jax.random.wrap_key_data(_replicated(jax.random.key_data(leaf), sharding),
+                                        impl=jax.random.key_impl(leaf))
+    # a process-local array, the same on every process: each process fills its own
+    # devices from host memory (no process can write to another's devices)
+    value = np.asarray(jax.device_get(leaf))
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def replicate(tree, mesh: Mesh):
-    """Puts ``tree`` on every device of ``mesh`` (``PartitionSpec()``)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Puts ``tree`` on every device of ``mesh`` (``PartitionSpec()``).
+
+    When ``mesh`` spans several processes, every process passes the same values
+    (params initialised from the same key, a restored checkpoint).
+    """
+    sharding = NamedSharding(mesh, P())
+    if not mesh.is_multi_process:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(lambda leaf: _replicated(leaf, sharding), tree)
 
 
 # ------------------------------------------------------------------------ train step
@@ -163,7 +305,11 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         params and optimizer state replicated. The batch size must be divisible by
         the number of devices. The global loss is computed as written (e.g. a mean
         over the whole batch), so the step matches the single-device one up to
-        floating-point reduction order.
+        floating-point reduction order. A mesh over several processes works the
+        same, with each process passing its own rows of the batch
+        (:func:`shard_batch`); a ``"time"`` axis (``make_mesh(time=k)``) is there for
+        ``loss_fn`` to use (:func:`seqjax.parallel.unroll_batch` with
+        ``batch_axis="data"``).
 
     Returns:
       ``step(params, opt_state, batch, rng) -> (params, opt_state, metrics)``, where
@@ -276,7 +422,12 @@ def fit(
         its latest checkpoint (:func:`seqjax.checkpoint.latest`) as ``resume`` says.
       checkpoint_every: checkpoint period; ``None`` saves at the end only.
       keep_checkpoints: how many checkpoints to keep in ``checkpoint_dir``.
-      mesh: data-parallel mesh (see :func:`make_train_step`).
+      mesh: data-parallel mesh (see :func:`make_train_step`). Required when the
+        program runs as several processes (``jax.distributed``): a mesh over every
+        process's devices (:func:`make_mesh`), with ``batches`` returning this
+        process's rows of each batch (:func:`process_slice`). Then every process runs
+        ``fit`` with the same arguments; process 0 writes the checkpoints (into a
+        ``checkpoint_dir`` that every process sees) and shows the progress bar.
       progress: show a tqdm bar with the loss and the gradient norm (when tqdm is
         installed; without it ``fit`` runs silently).
       resume: what to do with the checkpoints already in ``checkpoint_dir``.
@@ -301,7 +452,9 @@ def fit(
       FileNotFoundError: ``resume=True`` and ``checkpoint_dir`` holds no checkpoint.
       FileExistsError: ``resume=False`` and ``checkpoint_dir`` holds checkpoints.
       ValueError: an argument out of range; ``resume=True`` without
-        ``checkpoint_dir``.
+        ``checkpoint_dir``; several processes and no ``mesh``.
+      RuntimeError: the processes of a multi-process run see different checkpoints
+        in ``checkpoint_dir`` (a directory not shared between hosts).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"fit: steps must be an int >= 0, got {steps!r}")
@@ -318,21 +471,22 @@ def fit(
     if resume is True and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs a checkpoint_dir to resume from")
 
+    if mesh is None and jax.process_count() > 1:
+        raise ValueError(
+            f"fit: this program runs as {jax.process_count()} processes (jax.distributed); "
+            "pass mesh=seqjax.train.make_mesh() so that they train one model together, "
+            "each feeding its rows of the batch (seqjax.train.process_slice)")
+    many = mesh is not None and mesh.is_multi_process
+    lead = not many or jax.process_index() == 0  # writes checkpoints, shows progress
+
     state = init_state(params, optimizer, seed)
+    saved = None  # the step of the checkpoint that holds the current state
     if checkpoint_dir is not None:
-        found = checkpoint.latest(checkpoint_dir)
-        if found is not None and resume is False:
-            raise FileExistsError(
-                f"fit(resume=False): {os.fspath(checkpoint_dir)!r} already holds checkpoints "
-                f"of an earlier run (latest {found}); pass resume=True to continue it, or "
-                "give a new or empty checkpoint_dir")
-        if found is None and resume is True:
-            raise FileNotFoundError(
-                f"fit(resume=True): no checkpoint (ckpt_<step>.npz) in "
-                f"{os.fspath(checkpoint_dir)!r} to resume from")
-        if found is not None:
-            state = checkpoint.restore(found, like=state)
-            print(_resume_note(found, state.step, steps, resume), file=sys.stderr)
+        state, found = _resumed(state, checkpoint_dir, resume, steps, many, lead)
+        saved = state.step if found else None
+    if many:  # on the mesh from the start: every save is then one collective save
+        state = state._replace(**replicate(
+            {"params": state.params, "opt_state": state.opt_state, "rng": state.rng}, mesh))
 
     train_step = make_train_step(loss_fn, optimizer, mesh=mesh)
     if callable(batches):
@@ -349,20 +503,30 @@ def fit(
                 raise ValueError(f"fit: the batches ran out at step {step} of {steps}") from None
 
     def save(state):
+        nonlocal saved
         if checkpoint_dir is not None:
+            # on a mesh over several processes: every process gives its state, process
+            # 0 writes, and every process returns once the file is complete
             checkpoint.save(checkpoint.step_path(checkpoint_dir, state.step), state)
-            checkpoint.prune(checkpoint_dir, keep_checkpoints)
+            if lead:
+                checkpoint.prune(checkpoint_dir, keep_checkpoints)
+            saved = state.step
 
     history = []
-    bar = _progress_bar(progress, total=steps, initial=min(state.step, steps))
+    bar = _progress_bar(progress and lead, total=steps, initial=min(state.step, steps))
     try:
         while state.step < steps:
             k = state.step
             rng, data_key, step_key = jax.random.split(state.rng, 3)
             batch = next_batch(k, data_key)
-            new_params, new_opt, metrics = train_step(state.params, state.opt_state, batch,
-                                                      step_key)
-            record = _scalars(metrics)
+            try:
+                new_params, new_opt, metrics = train_step(state.params, state.opt_state,
+                                                          batch, step_key)
+                record = _scalars(metrics)
+            except jax.errors.JaxRuntimeError as e:
+                if not many:
+                    raise
+                raise _peer_failure(k, e) from e
             for name in ("loss", "grad_norm"):
                 if not math.isfinite(record[name]):
                     err = FloatingPointError(
@@ -381,12 +545,62 @@ def fit(
                              if n != "step" and isinstance(v, float)}, refresh=False)
             if checkpoint_every is not None and state.step % checkpoint_every == 0:
                 save(state)
-        if checkpoint_dir is not None and not os.path.exists(
-                checkpoint.step_path(checkpoint_dir, state.step)):
+        if saved != state.step:
             save(state)
     finally:
         bar.close()
     return state, history
+
+
+def _resumed(state: TrainState, checkpoint_dir, resume, steps: int, many: bool,
+             lead: bool):
+    """``(state, None)``, or ``(the latest checkpoint in checkpoint_dir, its path)`` as
+    ``resume`` says (announced on stderr by process 0)."""
+    found = _latest(checkpoint_dir, many)
+    if found is not None and resume is False:
+        raise FileExistsError(
+            f"fit(resume=False): {os.fspath(checkpoint_dir)!r} already holds checkpoints "
+            f"of an earlier run (latest {found}); pass resume=True to continue it, or "
+            "give a new or empty checkpoint_dir")
+    if found is None and resume is True:
+        raise FileNotFoundError(
+            f"fit(resume=True): no checkpoint (ckpt_<step>.npz) in "
+            f"{os.fspath(checkpoint_dir)!r} to resume from")
+    if found is None:
+        return state, None
+    state = checkpoint.restore(found, like=state)
+    if lead:
+        print(_resume_note(found, state.step, steps, resume), file=sys.stderr)
+    return state, found
+
+
+def _latest(checkpoint_dir, many: bool):
+    """:func:`seqjax.checkpoint.latest`; over several processes, the same on every one
+    (or a clear error: the directory is not shared)."""
+    found = checkpoint.latest(checkpoint_dir)
+    if not many:
+        return found
+    from jax.experimental import multihost_utils
+
+    step = -1 if found is None else checkpoint.checkpoints(checkpoint_dir)[-1][0]
+    seen = [int(s) for s in multihost_utils.process_allgather(np.int32(step))]
+    if len(set(seen)) > 1:
+        raise RuntimeError(
+            f"fit: the {len(seen)} processes see different checkpoints in "
+            f"{os.fspath(checkpoint_dir)!r} (latest step by process: "
+            f"{[s if s >= 0 else None for s in seen]}); checkpoint_dir must be one "
+            "directory that every process sees (a shared file system)")
+    return found
+
+
+def _peer_failure(step: int, error: Exception) -> RuntimeError:
+    """The error of a step whose collectives with the other processes broke."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return RuntimeError(
+        f"fit: step {step} (0-based) failed on process {jax.process_index()} of "
+        f"{jax.process_count()}: the exchange with the other processes broke, most likely "
+        f"because one of them died or was stopped ({first}). Restart every process: fit "
+        "resumes from the last complete checkpoint")
 
 
 def _resume_note(path, step: int, steps: int, resume) -> str:

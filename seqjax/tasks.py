@@ -15,6 +15,8 @@ static configuration in the closure; the same key always gives the same example.
   strategy scores ``10 log 8 / (T + 20)``.
 * :func:`ar1_inputs`: stationary inputs with autocorrelation ``rho`` (an AR(1)
   process), the inputs of Zucchet & Orvieto 2024's analysis of the curse of memory.
+* :func:`mqar`: multi-query associative recall (Arora et al. 2023, Zoology), the recall
+  probe of language models: token ids in, the value of each queried key out.
 
 References:
   Hochreiter & Schmidhuber, "Long short-term memory", Neural Computation 1997,
@@ -23,6 +25,8 @@ References:
   section 4.1 (copying memory) and 4.2 (adding problem).
   Zucchet & Orvieto, "Recurrent neural networks: vanishing and exploding gradients are
   not the end of the story", NeurIPS 2024 (inputs of autocorrelation ``rho``).
+  Arora, Eyuboglu, Timalsina, Johnson, Poli, Zou, Rudra & Ré, "Zoology: measuring and
+  improving recall in efficient language models", ICLR 2024, arXiv:2312.04927.
 """
 
 from __future__ import annotations
@@ -334,3 +338,130 @@ def ar1_inputs(key, time: int, size: int, rho, *, previous=None, dtype=jnp.float
         return earlier[0] * later[0], later[0] * earlier[1] + later[1]
 
     return jax.lax.associative_scan(combine, (a, b))[1]
+
+
+# ---------------------------------------------------------------- associative recall
+
+
+class Recall(NamedTuple):
+    """One associative-recall example.
+
+    Attributes:
+      tokens: ``[T]`` int32, the model's input.
+      targets: ``[T]`` int32: at a query, the value of the queried key (the next token
+        to predict); 0 elsewhere.
+      mask: ``[T]`` bool, true at the queries: only they are scored.
+    """
+
+    tokens: Array
+    targets: Array
+    mask: Array
+
+
+class RecallTask(NamedTuple):
+    """A recall task over token ids (:func:`mqar`).
+
+    Attributes:
+      sample: ``(key) -> Recall``, one example; pure, jit- and vmap-able.
+      loss: ``(logits [T, V], example) -> scalar``, cross-entropy at the queries.
+      accuracy: ``(logits [T, V], example) -> scalar``, the fraction of queries whose
+        argmax is the value.
+      baseline: the accuracy of answering with a value drawn from the context, ``1 /
+        num_pairs`` (the plateau a model sits on before it learns to look up the key).
+      vocab_size, time, num_pairs: the sizes.
+      name: a description for logs and plots.
+    """
+
+    sample: Callable[[Array], Recall]
+    loss: Callable[[Array, Recall], Array]
+    accuracy: Callable[[Array, Recall], Array]
+    baseline: float
+    vocab_size: int
+    time: int
+    num_pairs: int
+    name: str
+
+
+def mqar(vocab_size: int = 8192, length: int = 64, num_pairs: int = 4, *,
+         power_a: float = 0.01, random_fill: bool = True) -> RecallTask:
+    """Multi-query associative recall, as Zoology generates it (Arora et al. 2023).
+
+    Each example is ``num_pairs`` key-value pairs ``k_1 v_1 k_2 v_2 ...`` (keys drawn
+    without replacement from ``[1, V/2)``, values from ``[V/2, V)``), then the rest of
+    the sequence, in which every key is queried once: query ``i`` sits at an even
+    offset ``2 g_i`` after the pairs, the slots ``g`` drawn without replacement with
+    probability ``p(g) ∝ power_a (g + 1)^(power_a - 1)`` (``power_a = 0.01``: early
+    slots are much more likely, as repeated bigrams are in text). At a query the next
+    token to predict is the key's value; only those predictions are scored. The other
+    positions hold 0 or, with ``random_fill``, tokens drawn uniformly from ``[0, V)``.
+
+    Args:
+      vocab_size: ``V`` (Zoology's figure 2: 8,192); more than ``length``.
+      length: ``T``, even (figure 2: 64, 128, 256, 512).
+      num_pairs: ``N`` key-value pairs, ``4 N <= T`` (figure 2: 4, 8, 16, 64 with the
+        lengths above).
+      power_a: the power-law exponent of the query positions (1: uniform).
+      random_fill: fill the non-query positions with random tokens (Zoology's
+        default) rather than 0.
+
+    Returns:
+      A :class:`RecallTask`.
+
+    References:
+      Arora et al., "Zoology: measuring and improving recall in efficient language
+      models", ICLR 2024, arXiv:2312.04927, section 3 and appendix (``multiquery_ar``).
+    """
+    V = _checks.positive_int(vocab_size, "vocab_size")
+    T = _checks.positive_int(length, "length")
+    N = _checks.positive_int(num_pairs, "num_pairs")
+    if T % 2:
+        raise ValueError(f"mqar: length must be even, got {T}")
+    if V <= T:
+        raise ValueError(f"mqar: vocab_size ({V}) must exceed length ({T})")
+    if 4 * N > T:
+        raise ValueError(f"mqar: {N} pairs and their {N} queries need length >= {4 * N}, "
+                         f"got {T}")
+    if N > V // 2 - 1:
+        raise ValueError(f"mqar: {N} distinct keys need vocab_size >= {2 * N + 2}")
+    if not power_a > 0:
+        raise ValueError(f"mqar: power_a must be positive, got {power_a!r}")
+    context = 2 * N
+    space = (T - context) // 2
+    weights = power_a * jnp.arange(1, space + 1, dtype=jnp.float32) ** (power_a - 1)
+    weights = weights / jnp.sum(weights)
+
+    def sample(key):
+        k_keys, k_values, k_slots, k_fill = jax.random.split(key, 4)
+        keys = jax.random.choice(k_keys, jnp.arange(1, V // 2, dtype=jnp.int32), (N,),
+                                 replace=False)
+        values = jax.random.choice(k_values, jnp.arange(V // 2, V, dtype=jnp.int32), (N,),
+                                   replace=False)
+        slots = jax.random.choice(k_slots, space, (N,), replace=False, p=weights)
+        pairs = jnp.stack([keys, values], axis=1).reshape(context)
+        where = context + 2 * slots.astype(jnp.int32)  # the queries' positions
+        tokens = jnp.zeros((T,), jnp.int32).at[:context].set(pairs).at[where].set(keys)
+        if random_fill:
+            filler = jax.random.randint(k_fill, (T,), 0, V, jnp.int32)
+            tokens = jnp.where(tokens == 0, filler, tokens)
+        targets = jnp.zeros((T,), jnp.int32).at[where].set(values)
+        mask = jnp.zeros((T,), bool).at[where].set(True)
+        return Recall(tokens, targets, mask)
+
+    def check(logits):
+        if getattr(logits, "ndim", None) != 2 or logits.shape != (T, V):
+            raise ValueError(f"mqar: expected logits of shape [{T}, {V}] (one example; vmap "
+                             f"over a batch), got {tuple(getattr(logits, 'shape', ()))}")
+
+    def loss(logits, example):
+        check(logits)
+        per_step = optax.softmax_cross_entropy_with_integer_labels(logits, example.targets)
+        return jnp.sum(jnp.where(example.mask, per_step, 0.0)) / N
+
+    def accuracy(logits, example):
+        check(logits)
+        right = (jnp.argmax(logits, axis=-1) == example.targets) & example.mask
+        return jnp.sum(right) / N
+
+    return RecallTask(sample, loss, accuracy, 1.0 / N, V, T, N,
+                      f"MQAR (Arora et al. 2023), V={V}, T={T}, pairs={N}")
+

@@ -165,3 +165,69 @@ def test_bad_configuration_and_outputs_are_refused():
         task.loss(jnp.zeros((6, 2)), example)
     with pytest.raises(ValueError, match="batch_size"):
         tasks.sample_batch(task, jax.random.PRNGKey(0), 0)
+
+
+# ------------------------------------------------------------------------------ MQAR
+
+
+def _mqar_batch(task, n, seed=0):
+    return jax.vmap(task.sample)(jax.random.split(jax.random.PRNGKey(seed), n))
+
+
+def test_mqar_has_zoologys_layout():
+    """Pairs first (keys from [1, V/2), values from [V/2, V), all distinct), each key
+    queried once at an even offset after them, the target its value, only queries
+    scored; with random_fill=False the rest is 0, as in Zoology's docstring example."""
+    V, T, N = 128, 64, 8
+    batch = _mqar_batch(tasks.mqar(V, T, N, random_fill=False), 200)
+    tokens, targets, mask = (np.asarray(a) for a in batch)
+    for toks, tgts, m in zip(tokens, targets, mask):
+        keys, values = toks[0:2 * N:2], toks[1:2 * N:2]
+        assert len(set(keys)) == N and len(set(values)) == N
+        assert keys.min() >= 1 and keys.max() < V // 2
+        assert values.min() >= V // 2 and values.max() < V
+        where = np.flatnonzero(m)
+        assert len(where) == N and where.min() >= 2 * N and np.all((where - 2 * N) % 2 == 0)
+        pairs = dict(zip(keys, values))
+        assert sorted(toks[where]) == sorted(keys)  # every key queried once
+        assert all(tgts[i] == pairs[toks[i]] for i in where)
+        assert np.all(tgts[~m] == 0)
+        rest = np.ones(T, bool)
+        rest[:2 * N] = False
+        rest[where] = False
+        assert np.all(toks[rest] == 0)
+
+
+def test_mqar_query_positions_follow_the_power_law():
+    """How often each query slot is used, against numpy's sequential draw without
+    replacement with Zoology's probabilities (power_a = 0.01), over 4,000 examples."""
+    V, T, N = 256, 64, 8
+    space = (T - 2 * N) // 2
+    mask = np.asarray(_mqar_batch(tasks.mqar(V, T, N), 4000).mask)
+    slots = mask[:, 2 * N::2]  # [examples, space]
+    ours = slots.mean(axis=0)
+    p = 0.01 * np.arange(1, space + 1) ** (0.01 - 1)
+    p = p / p.sum()
+    rng = np.random.default_rng(0)
+    reference = np.zeros(space)
+    for _ in range(4000):
+        reference[rng.choice(space, N, replace=False, p=p)] += 1
+    reference /= 4000
+    assert np.abs(ours - reference).max() < 0.04, (ours, reference)
+    assert ours[0] > 0.5 and ours[-1] < ours[0] / 2  # early slots are favoured
+
+
+def test_mqar_is_seeded_and_scores_only_queries():
+    task = tasks.mqar(64, 32, 4)
+    a, b = _mqar_batch(task, 3, seed=1), _mqar_batch(task, 3, seed=1)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert not np.array_equal(np.asarray(a.tokens), np.asarray(_mqar_batch(task, 3, 2).tokens))
+    example = jax.tree_util.tree_map(lambda x: x[0], a)
+    perfect = jax.nn.one_hot(example.targets, 64) * 50.0  # right at queries, 0 elsewhere
+    assert float(task.accuracy(perfect, example)) == 1.0
+    assert float(task.loss(perfect, example)) < 1e-6
+    assert task.baseline == 0.25
+    with pytest.raises(ValueError, match="even"):
+        tasks.mqar(64, 31, 4)
+    with pytest.raises(ValueError, match="length >= 20"):
+        tasks.mqar(64, 16, 5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import importlib.metadata
 import os
 import platform
@@ -24,6 +25,13 @@ from seqjax.bench.timing import Memory, Timing, time_eager, time_fn
 from seqjax.unroll import FUSED_MAX_BATCH_BY_BACKEND
 
 MODES = ("fwd", "fwd+bwd")
+
+# ``seqjax bench NAME ...``: benchmarks of whole models, each its own command line
+SUBCOMMANDS = {
+    "recall": ("seqjax.bench.recall", "MQAR recall by block and state size (Zoology)"),
+    "lm": ("seqjax.bench.lm", "language models: train, prefill, decode speed and memory "
+                              "against transformers and recurrentgemma"),
+}
 
 
 # ----------------------------------------------------------------------------- functions
@@ -334,7 +342,10 @@ def parser():
         prog="seqjax bench",
         description="Time seqjax cells (forward and forward+backward) against Flax, Equinox, "
                     "Haiku, PyTorch and jax.experimental.rnn; write JSON, a markdown table "
-                    "and plots.")
+                    "and plots.",
+        epilog="whole-model benchmarks (each with its own --help): "
+               + "; ".join(f"seqjax bench {name}: {what}"
+                           for name, (_, what) in SUBCOMMANDS.items()))
     p.add_argument("--grid", choices=sorted(cells_mod.GRIDS), default="quick",
                    help="preset grid (default quick: about 2 minutes on 2 CPU cores)")
     p.add_argument("--cells", type=_cli.choice_list, default=None,
@@ -391,6 +402,8 @@ def parser():
 def main(argv=None) -> int:
     """Runs the benchmark; returns the exit code (0, or 1 if any seqjax row errored)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]][0]).main(argv[1:])
     args = parser().parse_args(argv)
     grid = cells_mod.GRIDS[args.grid]
     args.warmup = grid["warmup"] if args.warmup is None else args.warmup

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import pathlib
 
 MiB = 2.0 ** 20

@@ -112,11 +112,13 @@ GRIDS = {
                  blocks=("attention", "gru"), lrs=(3e-3, 1e-2),
                  eval_examples=64, valid_examples=32, eval_every=15, window=8,
                  note="smoke run: too few steps to learn anything"),
-    # the default: about 15 minutes on 2 idle CPU cores (see the module docstring)
-    "default": Grid(vocab=128, settings=(Setting(32, 4, 64, 600), Setting(64, 8, 64, 600)),
-                    d_models=(32, 64), blocks=DEFAULT_BLOCKS, lrs=(3e-3, 1e-3),
+    # the default: 20 minutes on 2 idle CPU cores (1210 s measured, docs/bench/recall.md)
+    # (one panel: a second one at T=64 doubles the cost of every step; the Mamba blocks
+    # alone take ~0.1-0.16 s per step at D=64 on one core)
+    "default": Grid(vocab=128, settings=(Setting(32, 4, 64, 800),),
+                    d_models=(32, 64), blocks=DEFAULT_BLOCKS, lrs=(3e-3, 1e-2),
                     eval_examples=1000, valid_examples=256, eval_every=100, window=16,
-                    note="a small grid for a 2-core CPU: V=128, T 32/64, N 4/8"),
+                    note="a small grid for a 2-core CPU: V=128, T=32, N=4"),
     # Zoology's figure 2 (arXiv:2312.04927; zoology/experiments/iclr24_zoology_figure2)
     "full": Grid(vocab=8192, settings=tuple(
         Setting(t, n, b, _zoology_steps(b))
@@ -414,7 +416,7 @@ def train_cell(spec: str, d_model: int, setting: Setting, *, vocab: int, lrs: Se
 
 # XLA flags of a worker process: one thread each, so that ``--jobs`` processes share
 # the cores instead of each spreading small matmuls over all of them
-_WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+_WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 _QUEUE = None
 
 
@@ -747,7 +749,7 @@ def parser():
                     "key-value pairs, with a learning-rate sweep per point; report held-out "
                     "accuracy and state size; write recall.json, recall.md and figures.")
     p.add_argument("--grid", choices=sorted(GRIDS), default="default",
-                   help="default: about 15 minutes on 2 idle CPU cores; full: Zoology's "
+                   help="default: about 20 minutes on 2 idle CPU cores; full: Zoology's "
                         "figure 2 (V=8192, T 64..512, d_model 64..512: GPU-sized); tiny: a "
                         "smoke run")
     p.add_argument("--blocks", type=_cli.choice_list, default=None,

@@ -304,9 +304,27 @@ def compiled_bytes(fn, args) -> Optional[dict]:
     return _xla_bytes(jax.jit(fn).lower(*args).compile())
 
 
-def time_torch(call, *, warmup: int, repeats: int) -> Measured:
-    t = timing.time_eager(call, lambda out: out, warmup=warmup, repeats=repeats,
-                          memory=timing.Memory("torch"))
+# a peer call slower than this is timed once: its first call is the figure (transformers'
+# pure-PyTorch Mamba and RecurrentGemma loop over time in Python on CPU, and a training
+# step of them at B=8 takes minutes)
+SLOW_S = 20.0
+# a peer call estimated (from its previous call in the same mode, scaled by the tokens)
+# to take longer than this is not run; the row says so
+PEER_CALL_BUDGET_S = 60.0
+
+
+def time_torch(call, *, warmup: int, repeats: int, slow_s: float = SLOW_S) -> Measured:
+    """:func:`seqjax.bench.timing.time_eager`, except that a first call slower than
+    ``slow_s`` seconds is the one measurement (``times_s`` has one entry, memory is
+    not measured)."""
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    if first > slow_s:
+        return Measured(timing.Timing(first, first, [first], None, first, None,
+                                      f"not measured (timed once: first call > {slow_s:g} s)"))
+    t = timing.time_eager(call, lambda out: out, warmup=max(warmup - 1, 0),
+                          repeats=repeats, memory=timing.Memory("torch"))
     return Measured(t)
 
 
@@ -652,6 +670,25 @@ def run_entry(entry: Entry, size: Size, grid: Grid, *, peers=("transformers", "r
         return _measure(rows, _row(entry, size, impl, what, mode, B, length, **extra), run,
                         tokens)
 
+    last = {}  # (peer, mode) -> (seconds per call, tokens per call) of its last run
+
+    def measure_peer(peer, mode, B, length, run, tokens):
+        """A peer's measurement, skipped when its previous call in this mode, scaled by
+        the tokens, says this one would take longer than ``PEER_CALL_BUDGET_S``."""
+        seen = last.get((peer.impl, mode))
+        if seen is not None and seen[0] * tokens / seen[1] > PEER_CALL_BUDGET_S:
+            row = _row(entry, size, peer.impl, peer.what, mode, B, length)
+            rows.append(row)
+            _fail(row, "skipped", Skip(
+                f"estimated {seen[0] * tokens / seen[1]:.0f} s per call ({seen[0]:.1f} s at "
+                f"{seen[1]} tokens, scaled to {tokens}); over the {PEER_CALL_BUDGET_S:g} s "
+                "budget of one call"))
+            return row
+        row = measure(peer.impl, peer.what, mode, B, length, run, tokens)
+        if row["median_s"] is not None:
+            last[(peer.impl, mode)] = (row["median_s"], tokens)
+        return row
+
     try:
         for B in grid.batches:
             step(f"{entry.name} {size.name} B{B}: train")
@@ -662,8 +699,8 @@ def run_entry(entry: Entry, size: Size, grid: Grid, *, peers=("transformers", "r
                         fn, (params, opt.init(params), jnp.asarray(ids)), warmup=warm,
                         repeats=reps), B * grid.train_length)
             for peer in live:
-                measure(peer.impl, peer.what, "train", B, grid.train_length,
-                        _peer_call(peer, "train", ids, grid), B * grid.train_length)
+                measure_peer(peer, "train", B, grid.train_length,
+                             _peer_call(peer, "train", ids, grid), B * grid.train_length)
 
             for T in [T for T in grid.prefill_lengths if B * T <= grid.max_prefill_tokens]:
                 step(f"{entry.name} {size.name} B{B}: prefill T{T}")
@@ -674,8 +711,8 @@ def run_entry(entry: Entry, size: Size, grid: Grid, *, peers=("transformers", "r
                                          warmup=warm, repeats=reps), B * T,
                         state_bytes=state_bytes(model, params))
                 for peer in live:
-                    measure(peer.impl, peer.what, "prefill", B, T,
-                            _peer_call(peer, "prefill", ids, grid), B * T)
+                    measure_peer(peer, "prefill", B, T, _peer_call(peer, "prefill", ids, grid),
+                                 B * T)
 
             n = grid.decode_steps
             step(f"{entry.name} {size.name} B{B}: decode")
@@ -687,8 +724,8 @@ def run_entry(entry: Entry, size: Size, grid: Grid, *, peers=("transformers", "r
                           state_bytes=state_bytes(model, params))
             row["decode_memory"] = _decode_memory(entry, size, grid, params, prompt, row)
             for peer in live:
-                measure(peer.impl, peer.what, "decode", B, n,
-                        _peer_call(peer, "decode", prompt, grid, n), B * n)
+                measure_peer(peer, "decode", B, n, _peer_call(peer, "decode", prompt, grid, n),
+                             B * n)
     finally:
         for peer in live:
             peer.close()
@@ -861,7 +898,10 @@ def markdown(meta, rows, checks, goals) -> str:
         "- ratio = seqjax median time / peer median time, same weights, shapes and dtype: "
         "**< 1 means seqjax is faster**",
         f"- memory: {meta['memory_note']}",
-        "- timings are noisy on a shared machine; compare within one run.",
+        "- timings are noisy on a shared machine; compare within one run. A peer call "
+        f"slower than {SLOW_S:g} s is timed once (its first call) and its memory is not "
+        f"measured; one estimated from its previous call to take over "
+        f"{PEER_CALL_BUDGET_S:g} s is skipped (the row says so).",
         "",
         "## Targets",
         "",

@@ -9,19 +9,17 @@ bias, a gelu conv activation, an explicit ``time_step_rank`` and an ``intermedia
 that overrides ``expand``.
 """
 
-import json
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, MambaConfig, MambaForCausalLM
 
 from seqjax.interop import hf
 from seqjax.interop.hf import HFError
+from _hf import _copy, _edit_tensors, _logits, _relative, _tokens, _torch_logits
 
 TINY = dict(hidden_size=32, state_size=8, expand=2, conv_kernel=4, time_step_rank="auto",
             use_mambapy=False, num_hidden_layers=2, vocab_size=64)
@@ -42,24 +40,6 @@ def _save(path, config, seed=0):
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
     model.save_pretrained(path, safe_serialization=True)
     return model
-
-
-def _tokens(seed, shape, vocab=64):
-    return np.random.default_rng(seed).integers(0, vocab, size=shape)
-
-
-def _torch_logits(model, ids):
-    with torch.no_grad():
-        return model(torch.tensor(ids), use_cache=False).logits.double().numpy()
-
-
-def _logits(model, params, ids):
-    return np.asarray(jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))(params, jnp.asarray(ids)),
-                      np.float64)
-
-
-def _relative(a, b):
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 @pytest.fixture(scope="module")
@@ -153,22 +133,6 @@ def test_save_opens_in_transformers_and_round_trips(tiny, loaded, tmp_path):
     assert "lm_head.weight" not in load_file(str(tmp_path / "saved" / "model.safetensors"))
     _, again = hf.load(tmp_path / "saved")
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
-
-
-def _copy(tiny, tmp_path, edit_config=None):
-    path = tmp_path / "copy"
-    shutil.copytree(tiny[1], path)
-    if edit_config is not None:
-        config = json.loads((path / "config.json").read_text())
-        edit_config(config)
-        (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
-def _edit_tensors(path, edit):
-    tensors = load_file(str(path / "model.safetensors"))
-    edit(tensors)
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
 def test_original_embedding_name_is_read(tiny, loaded, tmp_path):

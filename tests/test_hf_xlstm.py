@@ -11,19 +11,16 @@ N(0, 1), input-gate bias +10): the gate soft cap binds and the read-out's denomi
 takes both branches of its maximum.
 """
 
-import json
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
 from transformers import AutoModelForCausalLM, xLSTMConfig, xLSTMForCausalLM
 
 from seqjax.interop import hf
 from seqjax.interop.hf import HFError
+from _hf import _copy, _edit_tensors, _logits, _relative, _tokens, _torch_logits
 
 TINY = dict(hidden_size=64, num_heads=4, qk_dim_factor=1.0, v_dim_factor=1.0, chunk_size=16,
             mode="inference", autocast_kernel_dtype="float32", inference_state_dtype="float32",
@@ -51,24 +48,6 @@ def _save(path, config, seed=0, **noise):
     _randomise(model, seed + 1, **noise)
     model.save_pretrained(path, safe_serialization=True)
     return model
-
-
-def _tokens(seed, shape, vocab=64):
-    return np.random.default_rng(seed).integers(0, vocab, size=shape)
-
-
-def _torch_logits(model, ids):
-    with torch.no_grad():
-        return model(torch.tensor(ids), use_cache=False).logits.double().numpy()
-
-
-def _logits(model, params, ids):
-    return np.asarray(jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))(params, jnp.asarray(ids)),
-                      np.float64)
-
-
-def _relative(a, b):
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 @pytest.fixture(scope="module")
@@ -160,16 +139,6 @@ def test_save_opens_in_transformers_and_round_trips(tiny, loaded, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, again, params)
 
 
-def _copy(tiny, tmp_path, edit_config=None):
-    path = tmp_path / "copy"
-    shutil.copytree(tiny[1], path)
-    if edit_config is not None:
-        config = json.loads((path / "config.json").read_text())
-        edit_config(config)
-        (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 def test_tie_word_embeddings_and_add_out_norm_change_nothing(tiny, loaded, tmp_path):
     """transformers never ties xLSTM's head and always builds out_norm: a config that
     says otherwise loads to the same logits (in seqjax and in transformers)."""
@@ -191,12 +160,6 @@ def test_tie_word_embeddings_and_add_out_norm_change_nothing(tiny, loaded, tmp_p
 def test_unsupported_options_are_named(tiny, tmp_path, edit, match):
     with pytest.raises(HFError, match=match):
         hf.load(_copy(tiny, tmp_path, edit))
-
-
-def _edit_tensors(path, edit):
-    tensors = load_file(str(path / "model.safetensors"))
-    edit(tensors)
-    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
 
 
 def test_tensor_errors_are_named(tiny, tmp_path):

@@ -200,6 +200,21 @@ def _segment_sums(a):
                       axis=-2)
 
 
+@functools.lru_cache(maxsize=None)
+def _segment_mask(L: int):
+    """``[L, L * L]`` numpy 0/1: entry ``(s, r * L + j)`` is 1 where ``j < s <= r``."""
+    import numpy as np
+
+    r = np.arange(L)
+    s = r[:, None, None]
+    return ((s > r[None, None, :]) & (s <= r[None, :, None])).reshape(L, L * L)
+
+
+# up to this chunk length :func:`_segsum` is one matmul with an [L, L * L] mask (1 MiB
+# of float32 at 64); longer chunks take the two-level masked cumulative sums
+_SEGSUM_MATMUL_MAX = 64
+
+
 def _segsum(a, block: int = 8):
     """``a [..., L] -> [..., L, L]``: ``sum_{j < s <= r} a_s`` for ``j <= r``, ``-inf`` above.
 
@@ -210,18 +225,28 @@ def _segsum(a, block: int = 8):
     only accurate to ``b_r``'s magnitude: under strong decay (``a`` down to -45 per
     step) that is an error of ``1e-4`` in an exponent whose true value is 0.
 
-    Two levels keep this ``O(L^2)``: inside blocks of ``block`` steps, the masked
-    cumulative sums of Dao & Gu 2024 (Listing 1, ``segsum``) on ``[block, block]``
-    tiles, which give the diagonal blocks; across blocks, entry ``(r, j)`` with ``r``
-    in block ``R > J``, the block of ``j``, is ``c_r + rest_j + sum_{J < K < R}
-    total_K`` (``c`` the sum up to ``r`` in its block, ``rest`` the sum after ``j`` in
-    its block, ``total`` the blocks' sums): terms of one sign. Nothing from a step
-    after ``r`` enters row ``r`` (every mask is a ``where``), and a gate of ``-inf``
-    (a decay of exactly 0) gives ``-inf``, never ``inf - inf``.
+    Up to ``L = 64`` the sums are one matmul of the gates with a constant 0/1 mask
+    ``[L, L * L]`` (at full float32 precision: a sum of terms of one sign in any
+    order). A gate of ``-inf`` (a decay of exactly 0) enters the matmul as a large
+    finite floor (``0 * -inf`` would be NaN) and every sum that contains it is set back
+    to ``-inf``; the gates reaching here are finite or ``-inf`` (:func:`_prepare`).
+    Longer chunks use two levels that keep this ``O(L^2)``: inside blocks of ``block``
+    steps, the masked cumulative sums of Dao & Gu 2024 (Listing 1, ``segsum``) on
+    ``[block, block]`` tiles, which give the diagonal blocks; across blocks, entry
+    ``(r, j)`` with ``r`` in block ``R > J``, the block of ``j``, is ``c_r + rest_j +
+    sum_{J < K < R} total_K`` (``c`` the sum up to ``r`` in its block, ``rest`` the sum
+    after ``j`` in its block, ``total`` the blocks' sums): terms of one sign. Nothing
+    from a step after ``r`` enters row ``r``, and a gate of ``-inf`` gives ``-inf``,
+    never ``inf - inf``.
     """
     L = a.shape[-1]
     r = jnp.arange(L)
     lower = _lead(r[:, None] >= r[None, :], a.ndim + 1)
+    if L <= _SEGSUM_MATMUL_MAX:
+        floor = jnp.asarray(jnp.finfo(a.dtype).min / (2 * L), a.dtype)  # L of them: finite
+        sums = jnp.matmul(jnp.maximum(a, floor), jnp.asarray(_segment_mask(L), a.dtype),
+                          precision=lax.Precision.HIGHEST).reshape(a.shape + (L,))
+        return jnp.where(lower & (sums > floor), sums, -jnp.inf)
     if L <= block:
         return jnp.where(lower, _segment_sums(a), -jnp.inf)
     pad = -L % block
@@ -277,7 +302,7 @@ def _prepare(features, valid, chunk_size, neutral):
     bad = _bad_writes(features)
     if valid is not None:  # what a padded step holds never counts
         bad = bad & _lead(valid[..., None], bad.ndim)
-    poisoned = lax.associative_scan(jnp.logical_or, bad, axis=0)
+    poisoned = jnp.cumsum(bad, axis=0, dtype=jnp.int32) > 0  # from the first bad step on
     features = _finite_writes(features)
     pad = -T % L
     if pad:

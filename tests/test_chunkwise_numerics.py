@@ -92,9 +92,10 @@ def _within_bound(errors):
 def test_segment_sums_are_exact():
     """Every entry summed from its own segment: the diagonal is exactly 0 and each entry
     is accurate to its own magnitude, also for strong decays; -inf (a decay of 0) gives
-    -inf, never NaN; the gradient of sum(exp(segsum)) matches float64."""
+    -inf, never NaN; the gradient of sum(exp(segsum)) matches float64. Chunks up to
+    64 steps take the matmul form, longer ones (100) the two-level cumulative sums."""
     rng = np.random.default_rng(0)
-    for L in (5, 8, 32, 37):
+    for L in (5, 8, 32, 37, 64, 100):
         a = rng.uniform(-45.0, -5.0, (3, L)).astype(np.float32)
         seg = np.asarray(_segsum(jnp.asarray(a)))
         reference = np.full((3, L, L), -np.inf)
@@ -108,17 +109,20 @@ def test_segment_sums_are_exact():
                                                                           1e-30)
         assert relative.max() < 1e-6, (L, relative.max())
 
-    a = rng.uniform(-3.0, -0.01, (2, 32)).astype(np.float32)  # where exp(seg) matters
-    grad32 = np.asarray(jax.grad(lambda x: jnp.sum(jnp.exp(_segsum(x))))(jnp.asarray(a)))
-    with jax.enable_x64(True):
-        grad64 = np.asarray(jax.grad(lambda x: jnp.sum(jnp.exp(_segsum(x))))(
-            jnp.asarray(a, jnp.float64)))
-    assert _error(grad32, grad64) < 1e-6
+    for L in (32, 100):
+        a = rng.uniform(-3.0, -0.01, (2, L)).astype(np.float32)  # where exp(seg) matters
+        grad32 = np.asarray(jax.grad(lambda x: jnp.sum(jnp.exp(_segsum(x))))(jnp.asarray(a)))
+        with jax.enable_x64(True):
+            grad64 = np.asarray(jax.grad(lambda x: jnp.sum(jnp.exp(_segsum(x))))(
+                jnp.asarray(a, jnp.float64)))
+        assert _error(grad32, grad64) < 1e-6, L
 
-    gates = jnp.array([[-1.0, -jnp.inf, -2.0, -3.0] + [-1.0] * 8])
-    seg = np.asarray(_segsum(gates))
-    assert not np.isnan(seg).any()
-    assert seg[0, 3, 1] == -3.0 - 2.0 and seg[0, 2, 0] == -np.inf
+    for L in (12, 100):
+        gates = jnp.array([[-1.0, -jnp.inf, -2.0, -3.0] + [-1.0] * (L - 4)])
+        seg = np.asarray(_segsum(gates))
+        assert not np.isnan(seg).any()
+        assert seg[0, 3, 1] == -3.0 - 2.0 and seg[0, 2, 0] == -np.inf
+        assert seg[0, L - 1, 0] == -np.inf and seg[0, L - 1, 1] == -(L - 4) - 5.0
 
 
 @pytest.mark.parametrize("regime", ["init", "strong"])

@@ -267,7 +267,7 @@ TARGETS = (
 
 GRIDS = {
     "tiny": dict(parts=(GridPart(DEFAULT_CELLS, (2,), (8,), (8,)),), warmup=1, repeats=2),
-    # about 2 minutes on 2 CPU cores, compilation included
+    # about 4.5 minutes on 2 idle CPU cores, compilation included (266 s, 2026-12-07)
     "quick": dict(parts=(GridPart(DEFAULT_CELLS, (16,), (64, 256), (64, 128)),),
                   warmup=1, repeats=5),
     "full": dict(

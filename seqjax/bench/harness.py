@@ -347,7 +347,7 @@ def parser():
                + "; ".join(f"seqjax bench {name}: {what}"
                            for name, (_, what) in SUBCOMMANDS.items()))
     p.add_argument("--grid", choices=sorted(cells_mod.GRIDS), default="quick",
-                   help="preset grid (default quick: about 2 minutes on 2 CPU cores)")
+                   help="preset grid (default quick: about 4.5 minutes on 2 idle CPU cores)")
     p.add_argument("--cells", type=_cli.choice_list, default=None,
                    help="comma list of " + ", ".join(cells_mod.BASES)
                         + "; _xL makes an L-layer stack (lstm_x2). Default: the grid's")

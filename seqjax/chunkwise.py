@@ -247,8 +247,6 @@ def _segsum(a, block: int = 8):
         sums = jnp.matmul(jnp.maximum(a, floor), jnp.asarray(_segment_mask(L), a.dtype),
                           precision=lax.Precision.HIGHEST).reshape(a.shape + (L,))
         return jnp.where(lower & (sums > floor), sums, -jnp.inf)
-    if L <= block:
-        return jnp.where(lower, _segment_sums(a), -jnp.inf)
     pad = -L % block
     if pad:  # zero gates at the end: sums of real entries are unchanged
         a = jnp.concatenate([a, jnp.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1)

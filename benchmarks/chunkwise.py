@@ -4,7 +4,9 @@ Two measurements, both of ``jax.grad`` of ``sum(ys)`` w.r.t. the params and the 
 through :func:`seqjax.unroll_batch` (the fwd+bwd rows of ``seqjax bench``):
 
 * ``speed``: the scan (``chunkwise=False``) and the chunkwise form at each chunk size,
-  jitted and warmed up, then called in turn, ``--repeats`` rounds. It prints each
+  jitted and warmed up, then called in turn, ``--repeats`` rounds (each call timed
+  right after an untimed call of the same function, so that no configuration pays for
+  the memory its predecessor left behind). It prints each
   configuration's median and minimum wall time and the median over rounds of its
   time divided by the scan's time *in the same round* (interleaved ratios stay
   meaningful on a busy machine, where absolute times drift), and the same ratio of
@@ -98,6 +100,10 @@ def speed(args):
             cpu = {k: [] for k in fns}
             for _ in range(args.repeats):
                 for key, fn in fns.items():
+                    # an untimed call first: whatever ran before (the scan's large
+                    # buffers) leaves the allocator to fault pages in again, a cost that
+                    # would fall on the configuration that happens to run next
+                    jax.block_until_ready(fn(params, xs))
                     c, w = time.process_time(), time.perf_counter()
                     jax.block_until_ready(fn(params, xs))
                     wall[key].append(time.perf_counter() - w)

@@ -282,7 +282,7 @@ def _unchunk(y):
 def _prepare(features, valid, chunk_size, neutral):
     """Pads ``[T, B, ...]`` features to whole chunks and sets non-finite writes aside.
 
-    Returns ``(features, valid, L, T, poisoned)``. ``neutral`` maps ``(features,
+    Returns ``(features, valid, L, T, poisoned)``, all padded to whole chunks. ``neutral`` maps ``(features,
     valid)`` to features whose invalid steps leave the state unchanged.
 
     A step whose write is not finite (a NaN or infinite key, value, ``beta`` or input
@@ -292,8 +292,8 @@ def _prepare(features, valid, chunk_size, neutral):
     NaN: it would reach the outputs *before* it. So such entries are replaced by zeros
     (an input gate and a log-decay keep a legitimate ``-inf``) and the step is
     recorded in ``poisoned [T, B, heads]``, true from the first bad valid step of a head
-    on; :func:`_poison` then sets those outputs and the final state to NaN, as the step
-    form has them. A query only reaches its own step's output and needs none of this.
+    on (padding repeats its last step); :func:`_poison` then sets those outputs and the
+    final state to NaN, as the step form has them. A query only reaches its own step's output and needs none of this.
     """
     T = features.q.shape[0]
     L = min(_checks.positive_int(chunk_size, "chunk_size"), T)
@@ -305,6 +305,7 @@ def _prepare(features, valid, chunk_size, neutral):
     pad = -T % L
     if pad:
         batch = features.q.shape[1]
+        poisoned = jnp.pad(poisoned, [(0, pad)] + [(0, 0)] * (poisoned.ndim - 1), mode="edge")
         valid = jnp.ones((T, batch), bool) if valid is None else valid
         valid = jnp.concatenate([valid, jnp.zeros((pad, batch), bool)])
         features = jax.tree_util.tree_map(
@@ -346,16 +347,21 @@ def _finite_writes(f):
     return f._replace(beta=zero(f.beta), log_alpha=log_gate(f.log_alpha, 0.0))
 
 
-def _poison(final, o, poisoned):
-    """NaN in the outputs ``o [T, B, heads, d]`` and the final state's heads from the
-    first non-finite write on (see :func:`_prepare`)."""
-    nan = jnp.full((), jnp.nan, o.dtype)
-    o = jnp.where(poisoned[..., None], nan, o)
-    last = poisoned[-1]  # [B, heads]
+def _poison(final, o, poisoned, L):
+    """NaN in the chunked outputs ``o [n, B, heads, L, d]`` and the final state's heads
+    from the first non-finite write on (see :func:`_prepare`), as ``[T, B, heads, d]``.
+
+    Added, not selected: ``x + (-0.0)`` is ``x`` exactly (signed zeros and infinities
+    included) and ``x + NaN`` is NaN, so the poison fuses into the computation of ``o``
+    and its gradient is the identity, where a select would cost a pass of its own in
+    both directions."""
+    nan_or_zero = jnp.where(poisoned, jnp.full((), jnp.nan, o.dtype),
+                            jnp.full((), -0.0, o.dtype))  # [n * L, B, heads]
+    o = o + _chunk(nan_or_zero, L)[..., None]
+    last = nan_or_zero[-1]  # [B, heads]
     final = jax.tree_util.tree_map(
-        lambda s: jnp.where(last.reshape(last.shape + (1,) * (s.ndim - 2)),
-                            jnp.full((), jnp.nan, s.dtype), s), final)
-    return final, o
+        lambda s: s + last.reshape(last.shape + (1,) * (s.ndim - 2)).astype(s.dtype), final)
+    return final, _unchunk(o)
 
 
 def _lower(L, ndim):
@@ -443,7 +449,8 @@ def _plain_chunked(S0, f: GatedFeatures, valid, chunk_size):
                        jnp.zeros((), work))
     o = (_einsum("...rj,...je->...re", scores, v)
          + jnp.exp(b)[..., None] * _einsum("...rd,...de->...re", _heads(q, heads), starts))
-    final, o = _poison(final, _unchunk(o)[:T], poisoned)
+    final, o = _poison(final, o, poisoned, L)
+    o = o[:T]
     return final.astype(dtype), o.astype(dtype)
 
 
@@ -522,7 +529,8 @@ def _normalised_chunked(state: Normalised, f: GatedFeatures, valid, chunk_size, 
     m_stored = m.astype(dtype).astype(work)
     scale = jnp.exp(m - m_stored)
     final = type(state)(scale[..., None, None] * C, scale[..., None] * n, m_stored)
-    final, h = _poison(final, _unchunk(h)[:T], poisoned)
+    final, h = _poison(final, h, poisoned, L)
+    h = h[:T]
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), final), h.astype(dtype)
 
 
@@ -642,7 +650,8 @@ def _delta_chunked(S0, f: DeltaFeatures, valid, chunk_size):
                        jnp.zeros((), work))
     o = (_einsum("...rs,...se->...re", scores, new)
          + _einsum("...rd,...de->...re", jnp.exp(gamma)[..., None] * q, starts))
-    final, o = _poison(final, _unchunk(o)[:T], poisoned)
+    final, o = _poison(final, o, poisoned, L)
+    o = o[:T]
     return final.astype(dtype), o.astype(dtype)
 
 

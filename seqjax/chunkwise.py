@@ -282,8 +282,9 @@ def _unchunk(y):
 def _prepare(features, valid, chunk_size, neutral):
     """Pads ``[T, B, ...]`` features to whole chunks and sets non-finite writes aside.
 
-    Returns ``(features, valid, L, T, poisoned)``, all padded to whole chunks. ``neutral`` maps ``(features,
-    valid)`` to features whose invalid steps leave the state unchanged.
+    Returns ``(features, valid, L, T, poisoned)``, all padded to whole chunks.
+    ``neutral`` maps ``(features, valid)`` to features whose invalid steps leave the
+    state unchanged.
 
     A step whose write is not finite (a NaN or infinite key, value, ``beta`` or input
     gate, a NaN or ``+inf`` log-decay) makes the state, and so every output from that
@@ -293,7 +294,8 @@ def _prepare(features, valid, chunk_size, neutral):
     (an input gate and a log-decay keep a legitimate ``-inf``) and the step is
     recorded in ``poisoned [T, B, heads]``, true from the first bad valid step of a head
     on (padding repeats its last step); :func:`_poison` then sets those outputs and the
-    final state to NaN, as the step form has them. A query only reaches its own step's output and needs none of this.
+    final state to NaN, as the step form has them. A query only reaches its own step's
+    output and needs none of this.
     """
     T = features.q.shape[0]
     L = min(_checks.positive_int(chunk_size, "chunk_size"), T)

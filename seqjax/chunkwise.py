@@ -240,8 +240,7 @@ def _segsum(a, block: int = 8):
     never ``inf - inf``.
     """
     L = a.shape[-1]
-    r = jnp.arange(L)
-    lower = _lead(r[:, None] >= r[None, :], a.ndim + 1)
+    lower = _lower(L, a.ndim + 1)
     if L <= _SEGSUM_MATMUL_MAX:
         floor = jnp.asarray(jnp.finfo(a.dtype).min / (2 * L), a.dtype)  # L of them: finite
         sums = jnp.matmul(jnp.maximum(a, floor), jnp.asarray(_segment_mask(L), a.dtype),
@@ -349,9 +348,10 @@ def _finite_writes(f):
     return f._replace(beta=zero(f.beta), log_alpha=log_gate(f.log_alpha, 0.0))
 
 
-def _poison(final, o, poisoned, L):
+def _poison(final, o, poisoned, T):
     """NaN in the chunked outputs ``o [n, B, heads, L, d]`` and the final state's heads
-    from the first non-finite write on (see :func:`_prepare`), as ``[T, B, heads, d]``.
+    from the first non-finite write on (see :func:`_prepare`); the outputs are returned
+    as ``[T, B, heads, d]``.
 
     Added, not selected: ``x + (-0.0)`` is ``x`` exactly (signed zeros and infinities
     included) and ``x + NaN`` is NaN, so the poison fuses into the computation of ``o``
@@ -359,11 +359,11 @@ def _poison(final, o, poisoned, L):
     both directions."""
     nan_or_zero = jnp.where(poisoned, jnp.full((), jnp.nan, o.dtype),
                             jnp.full((), -0.0, o.dtype))  # [n * L, B, heads]
-    o = o + _chunk(nan_or_zero, L)[..., None]
+    o = o + _chunk(nan_or_zero, o.shape[-2])[..., None]
     last = nan_or_zero[-1]  # [B, heads]
     final = jax.tree_util.tree_map(
         lambda s: s + last.reshape(last.shape + (1,) * (s.ndim - 2)).astype(s.dtype), final)
-    return final, _unchunk(o)
+    return final, _unchunk(o)[:T]
 
 
 def _lower(L, ndim):
@@ -451,8 +451,7 @@ def _plain_chunked(S0, f: GatedFeatures, valid, chunk_size):
                        jnp.zeros((), work))
     o = (_einsum("...rj,...je->...re", scores, v)
          + jnp.exp(b)[..., None] * _einsum("...rd,...de->...re", _heads(q, heads), starts))
-    final, o = _poison(final, o, poisoned, L)
-    o = o[:T]
+    final, o = _poison(final, o, poisoned, T)
     return final.astype(dtype), o.astype(dtype)
 
 
@@ -531,8 +530,7 @@ def _normalised_chunked(state: Normalised, f: GatedFeatures, valid, chunk_size, 
     m_stored = m.astype(dtype).astype(work)
     scale = jnp.exp(m - m_stored)
     final = type(state)(scale[..., None, None] * C, scale[..., None] * n, m_stored)
-    final, h = _poison(final, h, poisoned, L)
-    h = h[:T]
+    final, h = _poison(final, h, poisoned, T)
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), final), h.astype(dtype)
 
 
@@ -652,8 +650,7 @@ def _delta_chunked(S0, f: DeltaFeatures, valid, chunk_size):
                        jnp.zeros((), work))
     o = (_einsum("...rs,...se->...re", scores, new)
          + _einsum("...rd,...de->...re", jnp.exp(gamma)[..., None] * q, starts))
-    final, o = _poison(final, o, poisoned, L)
-    o = o[:T]
+    final, o = _poison(final, o, poisoned, T)
     return final.astype(dtype), o.astype(dtype)
 
 

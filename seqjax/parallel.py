@@ -34,7 +34,8 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from seqjax import _checks
-from seqjax.unroll import _Options, _associative_scan, _linear_scan, _sequential_scan
+from seqjax.unroll import (_Options, _associative_scan, _linear_features, _linear_scan,
+                           _sequential_scan)
 from seqjax.cells import Cell
 
 TIME_AXIS = "time"
@@ -180,7 +181,8 @@ def _shard(linear, params, xs, h0, valid, axis, n, options):
     xs = xs.astype(dtype)
     if valid is not None:
         xs = jnp.where(valid[..., None], xs, jnp.zeros((), dtype))
-    a, b = linear.coefficients(params, xs)  # [T/n, B, *state]
+    fs = _linear_features(linear, params, xs)
+    a, b = linear.coefficients(params, fs)  # [T/n, B, *state]
     if valid is not None:
         ok = valid.reshape(valid.shape + (1,) * (a.ndim - 2))
         a = jnp.where(ok, a, jnp.ones((), a.dtype))
@@ -199,7 +201,7 @@ def _shard(linear, params, xs, h0, valid, axis, n, options):
               else jnp.concatenate([h0[None], after[:-1]]))
     carry = before[lax.axis_index(axis)]
     hs = local + products * carry[None]
-    ys = linear.readout(params, hs, xs)
+    ys = linear.readout(params, hs, fs)
     if valid is not None:
         ys = jnp.where(valid[..., None], ys, jnp.zeros((), ys.dtype))
     return after[last], ys

@@ -7,8 +7,11 @@ cell is evaluated is chosen here, from what the cell states about itself:
 
 * linear-recurrence cells (``cell.linear``) run as ``jax.lax.associative_scan``, a
   sequential ``lax.scan`` over their coefficients, or (``pallas=True``, opt-in until
-  measured on a GPU) the Pallas kernel :func:`seqjax.kernels.linear_scan`, by :func:`default_associative` and
-  :func:`default_pallas`;
+  measured on a GPU) the Pallas kernel :func:`seqjax.kernels.linear_scan`, by
+  :func:`default_associative` and :func:`default_pallas`; a sequential scan takes the
+  coefficients computed for all steps at once, or (:func:`default_linear_hoist`: when
+  they are much larger than the input, as S6's ``[H, N]``) forms them inside the loop
+  from the input's ``cell.linear.features``, computed for all steps before it;
 * matrix-state cells (``cell.chunkwise``) run in their chunkwise-parallel form
   (``chunkwise``, ``chunk_size``): matmuls inside chunks, a scan across chunks;
 * gated cells (``cell.hoist``) may compute their input projection for all steps in
@@ -93,12 +96,14 @@ def default_associative(length: int, backend: Optional[str] = None) -> bool:
 
 # A linear-recurrence cell run sequentially computes its coefficients a, b for all steps
 # first (then lax.scan over them) while they hold at most this many real numbers per step
-# per input feature ("growth"), by backend; above it, it steps through the cell's apply,
-# which computes them inside the loop. XLA:CPU (docs/bench/strategies_cpu.md, B16, T 64
-# to 4,096, forward + backward, as ratios to stepping `apply` in the same rounds):
+# per input feature ("growth"), by backend; above it, it forms them inside the loop (from
+# the cell's `linear.features`, computed before it, or by stepping its apply). XLA:CPU
+# (docs/bench/strategies_cpu.md, B16, T 64 to 4,096, forward + backward, as ratios to
+# forming them inside the loop, in the same rounds):
 # precomputing won for min_gru, min_lstm and rg_lru (growth 2 at I = H: 0.55-0.73) and
 # for lru (growth 4, complex a, b: 0.56-0.85), and lost for s6 (growth 32, an [H, 16]
-# state: 1.8-2.1). An earlier run on a machine loaded 4-6x more had lru losing; the
+# state: 1.8-2.1, against stepping apply; the loop over its features that replaced that
+# is faster still, so the choice stands). An earlier run on a machine loaded 4-6x more had lru losing; the
 # quieter run of 2026-11-26 14:14 decides. GPU and TPU: UNMEASURED; always (there the
 # associative scan or the Pallas kernel is the default anyway).
 LINEAR_HOIST_MAX_GROWTH_BY_BACKEND = {"cpu": 4.0}
@@ -185,7 +190,9 @@ def unroll(
       associative: evaluate linear-recurrence cells (min_gru, min_lstm, lru, ...) with
         ``jax.lax.associative_scan`` (log depth). ``False`` steps through time:
         ``lax.scan`` over the coefficients ``a, b`` computed for all steps at once
-        (``hoist=True``), or over the cell's ``apply`` (``hoist=False``), same numbers;
+        (``hoist=True``), or forming them inside the loop (``hoist=False``: from the
+        cell's ``linear.features`` of every step, computed before the loop, or by its
+        ``apply``), same numbers;
         ``hoist=None`` picks :func:`default_linear_hoist`. ``None`` picks
         :func:`default_associative` for the length and backend.
       fused: give cells with a :class:`~seqjax.Recurrent` form (rnn, lstm, the
@@ -611,6 +618,8 @@ def _evaluate(cell: Cell, params, xs, state, valid, options: _Options, fresh: bo
         scan = _linear_scan(options, xs.shape[0], lambda: _growth(cell.linear, params, xs))
         if scan is not None:
             return _associative(cell.linear, params, xs, state, options.reverse, valid, scan)
+        if cell.linear.features is not None:
+            return _linear_loop(cell.linear, params, xs, state, valid, options)
 
     hoist = cell.hoist is not None and (default_hoist() if options.hoist is None
                                         else options.hoist)
@@ -711,7 +720,8 @@ def _output_fn(cell: Cell, params, state):
     """``g(params, state, x) -> y`` for one example: the output read off a (perturbed)
     state (see :func:`unroll`'s ``perturbation``)."""
     if cell.linear is not None:
-        return cell.linear.readout
+        linear = cell.linear
+        return lambda p, s, x: linear.readout(p, s, _linear_features(linear, p, x))
     if cell.chunkwise is not None:  # matrix-state cells: read the state, then the readout
         form = cell.chunkwise
         return lambda p, s, x: form.readout(p, form.read(s, form.features(p, x)), x)
@@ -781,7 +791,33 @@ def _chunkwise(form, params, xs, state, valid, options: _Options):
     return final, ys[::-1] if options.reverse else ys
 
 
+def _linear_features(linear, params, xs):
+    """What a linear cell's ``coefficients`` and ``readout`` take: ``xs`` itself, or
+    its ``features`` (see :class:`~seqjax.LinearRecurrence`)."""
+    return xs if linear.features is None else linear.features(params, xs)
+
+
+def _linear_loop(linear, params, xs, h0, valid, options: _Options):
+    """A linear cell with ``features``, sequentially: every step's features at once,
+    then ``lax.scan`` forms ``a, b`` and reads the state inside the loop. Same numbers
+    as stepping ``apply``; the input projections (and their weight gradients) are one
+    matmul over all steps instead of one per step."""
+    fs = linear.features(params, xs)
+
+    def body(h, inp):
+        f, ok = inp
+        a, b = linear.coefficients(params, f)
+        new = a * h + b
+        y = linear.readout(params, new, f)
+        if ok is None:
+            return new, y
+        return _where_batch(ok, new, h), _zero_where_not(ok, y)
+
+    return lax.scan(body, h0, (fs, valid), reverse=options.reverse, unroll=options.unroll)
+
+
 def _associative(linear, params, xs, h0, reverse, valid, scan=None, eps=None):
+    xs = _linear_features(linear, params, xs)
     a, b = linear.coefficients(params, xs)  # [T, B, *state]
     if eps is not None:  # a perturbation of every state: h_t = a_t h_{t-1} + (b_t + eps_t)
         b = b + eps.astype(b.dtype)
@@ -820,7 +856,8 @@ def _growth(linear, params, xs) -> float:
     def real(s):
         return math.prod(s.shape) * (2 if jnp.issubdtype(s.dtype, jnp.complexfloating) else 1)
 
-    a, b = jax.eval_shape(linear.coefficients, params, xs[:1, :1])
+    a, b = jax.eval_shape(lambda p, x: linear.coefficients(p, _linear_features(linear, p, x)),
+                          params, xs[:1, :1])
     return (real(a) + real(b)) / max(1, math.prod(xs.shape[2:]))
 
 

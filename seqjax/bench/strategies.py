@@ -7,9 +7,10 @@ and ``strategies_<backend>.md``; the policy functions in :mod:`seqjax.unroll` ci
 committed tables in ``docs/bench/``.
 
 * linear-recurrence cells (``cell.linear``): ``associative`` scan, ``sequential``
-  (coefficients for all steps, then ``lax.scan`` over ``a, b``), ``sequential, apply``
-  (``lax.scan`` over the cell's one-step ``apply``), ``sequential, unroll=8``, and on
-  GPU the Pallas kernel;
+  (coefficients for all steps, then ``lax.scan`` over ``a, b``), ``sequential, in loop``
+  (``a, b`` formed inside the ``lax.scan``: from the cell's ``linear.features``, computed
+  for all steps before it, or by stepping its ``apply``; tables before 2026-12-07 call
+  it ``sequential, apply``), ``sequential, unroll=8``, and on GPU the Pallas kernel;
 * gated cells (``cell.hoist``): ``unroll`` 1, 4, 8 (hoist and fused have their own
   tables, ``hoist.md`` and ``fused_sweep.md``);
 * chunkwise cells (``cell.chunkwise``): ``chunk_size`` 16 to 128, and stepping.
@@ -92,7 +93,7 @@ def variants(cell, backend: Optional[str] = None):
     if cell.linear is not None:
         out += [("associative", {"associative": True}),
                 ("sequential", {"associative": False, "hoist": True}),
-                ("sequential, apply", {"associative": False, "hoist": False}),
+                ("sequential, in loop", {"associative": False, "hoist": False}),
                 ("sequential, unroll=8", {"associative": False, "hoist": True, "unroll": 8})]
         if backend in ("gpu", "cuda"):
             out.append(("pallas", {"pallas": True}))
@@ -114,7 +115,7 @@ def resolved_default(cell, params, xs) -> str:
         if default_associative(length):
             return "associative"
         growth = _growth(cell.linear, params, jnp.swapaxes(xs, 0, 1))
-        return "sequential" if default_linear_hoist(growth) else "sequential, apply"
+        return "sequential" if default_linear_hoist(growth) else "sequential, in loop"
     if cell.hoist is not None:
         return (f"unroll=1, hoist={'on' if default_hoist() else 'off'}, "
                 f"fused={'on' if default_fused(batch) else 'off'}")

@@ -26,7 +26,8 @@ from seqjax.blocks.residual import residual
 from seqjax.cells._constructor import constructor
 from seqjax.cells.contract import Array, Cell
 from seqjax.cells.mamba import S6Params, s6
-from seqjax.layers._common import LinearParams, dtype_of, linear, linear_init_params
+from seqjax.layers._common import (LinearParams, dtype_of, linear, linear_init_params,
+                                   linear_split)
 from seqjax.layers.conv import ConvParams, short_conv
 from seqjax.layers.norms import NormParams, rms_norm
 from seqjax.unroll import run
@@ -135,12 +136,12 @@ def mamba_mixer(
 
     def parallel(params, us, state, valid, options):
         lengths = _lengths(valid)
-        xz = linear(params.in_proj, us)
-        conv_state, x = run(conv, params.conv, xz[..., :E], None if state is None else state.conv,
+        x, z = linear_split(params.in_proj, us, (E, E))
+        conv_state, x = run(conv, params.conv, x, None if state is None else state.conv,
                             lengths=lengths, keys=None, options=options)
         ssm_state, y = run(ssm, params.ssm, x, None if state is None else state.ssm,
                            lengths=lengths, keys=None, options=options)
-        return MambaState(conv_state, ssm_state), gate_out(params, y, xz[..., E:])
+        return MambaState(conv_state, ssm_state), gate_out(params, y, z)
 
     return Cell(init, initial_state, apply, lambda p: p.in_proj.w.shape[0], D,
                 parallel=parallel)
@@ -460,15 +461,13 @@ def mamba2_mixer(
 
     def parallel(params, us, state, valid, options):
         lengths = _lengths(valid)
-        zxbcdt = linear(params.in_proj, us)
-        conv_state, xbc = run(conv, params.conv, zxbcdt[..., E:E + CD],
-                              None if state is None else state.conv, lengths=lengths,
-                              keys=None, options=options)
-        ssm_state, y = run(core, params.ssd,
-                           jnp.concatenate([xbc, zxbcdt[..., E + CD:]], axis=-1),
+        z, xbc, dt = linear_split(params.in_proj, us, (E, CD, heads))
+        conv_state, xbc = run(conv, params.conv, xbc, None if state is None else state.conv,
+                              lengths=lengths, keys=None, options=options)
+        ssm_state, y = run(core, params.ssd, jnp.concatenate([xbc, dt], axis=-1),
                            None if state is None else state.ssm, lengths=lengths, keys=None,
                            options=options)
-        return Mamba2State(conv_state, ssm_state), gate_out(params, y, zxbcdt[..., :E])
+        return Mamba2State(conv_state, ssm_state), gate_out(params, y, z)
 
     return Cell(init, initial_state, apply, lambda p: p.in_proj.w.shape[0], D,
                 parallel=parallel)

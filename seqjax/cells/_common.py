@@ -99,19 +99,22 @@ def _as_input(params, x, input_size, name):
     return x.astype(jax.tree_util.tree_leaves(params)[0].dtype)
 
 
-def _linear_cell(name, hidden_size, state_shape_dtype, init, coefficients, readout, input_size):
-    """A :class:`Cell` for ``h_t = a_t * h_{t-1} + b_t`` with the given readout; its
-    ``apply`` is the same recurrence one step at a time."""
+def _linear_cell(name, hidden_size, state_shape_dtype, init, coefficients, readout, input_size,
+                 features=None):
+    """A :class:`Cell` for ``h_t = a_t * h_{t-1} + b_t`` with the given readout (and
+    ``features``: see :class:`LinearRecurrence`); its ``apply`` is the same recurrence
+    one step at a time."""
     def initial_state(params):
         shape, dtype = state_shape_dtype(params)
         return jnp.zeros(shape, dtype)
 
     def apply(params, h, x):
         x = _as_input(params, x, input_size, name)
-        a, b = coefficients(params, x)
+        f = x if features is None else features(params, x)
+        a, b = coefficients(params, f)
         h = a * h + b
-        return h, readout(params, h, x)
+        return h, readout(params, h, f)
 
     return Cell(init, initial_state, apply, input_size, hidden_size,
-                linear=LinearRecurrence(coefficients, readout))
+                linear=LinearRecurrence(coefficients, readout, features))
 

@@ -124,10 +124,18 @@ class LinearRecurrence(NamedTuple):
     ``coefficients(p, xs) -> (a, b)`` and ``readout(p, hs, xs) -> ys`` work on any
     leading axes, so the whole sequence can be evaluated with
     ``jax.lax.associative_scan`` in ``O(log T)`` depth.
+
+    ``features``, when set, is the part of both that needs only the step's input
+    (its projections): ``features(p, xs) -> fs`` on any leading axes, and
+    ``coefficients`` and ``readout`` then take ``fs`` in place of ``xs``. A cell
+    whose ``a, b`` are much larger than its input (S6: ``[H, N]`` per step from
+    ``H`` inputs) sets it, so that a sequential unroll projects every step's input
+    before the loop and forms only ``a, b`` inside it.
     """
 
-    coefficients: Callable[[Params, Array], tuple]
-    readout: Callable[[Params, Array, Array], Array]
+    coefficients: Callable[[Params, Any], tuple]
+    readout: Callable[[Params, Array, Any], Array]
+    features: Optional[Callable[[Params, Array], Any]] = None
 
 
 class Chunkwise(NamedTuple):

@@ -37,6 +37,20 @@ def linear(params: LinearParams, x) -> Array:
     return y
 
 
+def linear_split(params: LinearParams, x, sizes) -> list:
+    """``linear(params, x)`` split along its last axis into pieces of ``sizes``, each
+    computed from its own columns of ``w``: the values of slicing the output (up to
+    the matmuls' summation order), without slicing the activations (whose backward
+    pass pads every piece's gradient to the full width and sums them)."""
+    pieces, start = [], 0
+    for size in sizes:
+        part = LinearParams(params.w[:, start:start + size],
+                            None if params.b is None else params.b[start:start + size])
+        pieces.append(linear(part, x))
+        start += size
+    return pieces
+
+
 def work_dtype(dtype):
     """The dtype reductions (norms, softmax) run in: at least float32."""
     return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)

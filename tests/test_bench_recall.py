@@ -7,6 +7,7 @@ No test asserts a time: the harness's numbers are accuracies and byte counts.
 """
 
 import json
+import os
 
 import jax
 import pytest
@@ -64,12 +65,37 @@ def test_worker_processes_give_the_rows_of_one_process(tiny_run, tmp_path):
     assert code == 0
     rows = json.loads((tmp_path / "recall.json").read_text())["rows"]
     assert [r["d_model"] for r in rows] == list(recall.GRIDS["tiny"].d_models)
+    meta = json.loads((tmp_path / "recall.json").read_text())["meta"]
+    assert meta["jobs"] == 2 and meta["worker_env"] == recall.worker_environment()
     alone = [r for r in data["rows"] if r["block"] == "gru"]
     for a, b in zip(rows, alone):
         assert a["state_bytes"] == b["state_bytes"] and a["params"] == b["params"]
         assert [run["steps"] for run in a["runs"]] == [run["steps"] for run in b["runs"]]
         for x, y in zip(a["runs"], b["runs"]):
             assert x["accuracy"] == pytest.approx(y["accuracy"], abs=0.05)
+
+
+def test_worker_environment_adds_huge_pages_once_and_is_undone(monkeypatch):
+    """The workers start with glibc's huge-page tunable added to the caller's
+    GLIBC_TUNABLES (never a second setting of it, never off Linux); the parent's own
+    environment is as it was once the workers have started."""
+    monkeypatch.setattr(recall.sys, "platform", "linux")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert recall.worker_environment() == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert recall.worker_environment(huge_pages=False) == {}
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert recall.worker_environment() == {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    assert recall.worker_environment() == {}
+    monkeypatch.setattr(recall.sys, "platform", "darwin")
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert recall.worker_environment() == {}
+
+    monkeypatch.setenv("SEQJAX_TEST_KEPT", "before")
+    with recall._environment({"SEQJAX_TEST_KEPT": "during", "SEQJAX_TEST_NEW": "x"}):
+        assert os.environ["SEQJAX_TEST_KEPT"] == "during" and os.environ["SEQJAX_TEST_NEW"]
+    assert os.environ["SEQJAX_TEST_KEPT"] == "before" and "SEQJAX_TEST_NEW" not in os.environ
 
 
 def _state(spec, d, length, window=16):

@@ -34,6 +34,14 @@ What is trained (one model per block, ``d_model``, ``T``, ``N`` and learning rat
   validation batch uses), the fraction of queries whose argmax is the value, best
   over the learning rates (as Zoology's figure takes the best run per point).
 
+How it runs: with ``--jobs`` above 1 (the default on a CPU with two or more cores) the
+points run in that many worker processes, one thread each
+(``--xla_cpu_multi_thread_eigen=false``), started on Linux with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (:func:`worker_environment`; off with
+``--no-huge-pages``): XLA:CPU allocates fresh buffers every step, and transparent huge
+pages save the kernel faulting them in 4 KiB at a time. Results do not depend on
+either; times do.
+
 The state size is ``jax.eval_shape(model.initial_state, params)``: every leaf of the
 decoding state of one sequence, summed over both layers -- the KV cache of an
 attention layer (``T`` slots, or the window of a local one, plus its position
@@ -44,6 +52,7 @@ model carries from one token to the next when it decodes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -112,10 +121,12 @@ GRIDS = {
                  blocks=("attention", "gru"), lrs=(3e-3, 1e-2),
                  eval_examples=64, valid_examples=32, eval_every=15, window=8,
                  note="smoke run: too few steps to learn anything"),
-    # the default: 20 minutes on 2 idle CPU cores (1210 s measured, docs/bench/recall.md)
-    # (one panel: a second one at T=64 doubles the cost of every step; the Mamba blocks
-    # alone take ~0.1-0.16 s per step at D=64 on one core)
-    "default": Grid(vocab=128, settings=(Setting(32, 4, 64, 800),),
+    # the default: under 15 minutes on 2 CPU cores (docs/bench/recall.md states the run's
+    # time). One panel: a second one at T=64 doubles the cost of every step. 400 steps:
+    # the same grid at 800 steps took 1,210 s on an idle machine, and 500 steps took
+    # 1,224 s (20 min) on the same machine while it ran 1.3-1.5x slower; the Mamba and
+    # Mamba-2 models are half the work (0.1-0.2 s per step at D = 32, twice at D = 64)
+    "default": Grid(vocab=128, settings=(Setting(32, 4, 64, 400),),
                     d_models=(32, 64), blocks=DEFAULT_BLOCKS, lrs=(3e-3, 1e-2),
                     eval_examples=1000, valid_examples=256, eval_every=100, window=16,
                     note="a small grid for a 2-core CPU: V=128, T=32, N=4"),
@@ -417,7 +428,43 @@ def train_cell(spec: str, d_model: int, setting: Setting, *, vocab: int, lrs: Se
 # XLA flags of a worker process: one thread each, so that ``--jobs`` processes share
 # the cores instead of each spreading small matmuls over all of them
 _WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
+# glibc's malloc backing its large blocks with transparent huge pages (glibc >= 2.35;
+# ignored elsewhere). XLA:CPU allocates fresh buffers for every step, and without it the
+# kernel faults them in 4 KiB at a time, every step: `python benchmarks/hugepages.py`
+# measured the train step of the Mamba and Mamba-2 recall models at 0.64-0.67 of their
+# time without it (docs/guides/performance.md). glibc reads it only when a process
+# starts, so it can reach the worker processes, not the one that starts them.
+_WORKER_GLIBC_TUNABLE = "glibc.malloc.hugetlb=1"
 _QUEUE = None
+
+
+def worker_environment(huge_pages: bool = True) -> dict:
+    """The environment variables the worker processes start with, beyond the parent's:
+    ``GLIBC_TUNABLES`` with ``glibc.malloc.hugetlb=1`` added, on Linux with
+    ``huge_pages``, unless the parent's already sets ``glibc.malloc.hugetlb``."""
+    if not huge_pages or not sys.platform.startswith("linux"):
+        return {}
+    have = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb" in have:
+        return {}
+    return {"GLIBC_TUNABLES": f"{have}:{_WORKER_GLIBC_TUNABLE}" if have
+            else _WORKER_GLIBC_TUNABLE}
+
+
+@contextlib.contextmanager
+def _environment(changes: dict):
+    """``os.environ`` with ``changes`` while the block runs (processes started in it
+    inherit them), then as it was."""
+    before = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class _QueueBar:
@@ -474,10 +521,11 @@ def _drain(queue, bar, timeout):
         pass
 
 
-def run_points(points, options: dict, *, jobs: int = 1, bar=None) -> list:
+def run_points(points, options: dict, *, jobs: int = 1, bar=None, env=None) -> list:
     """``train_cell`` for every ``(spec, d_model, setting)`` of ``points``, in order;
     with ``jobs > 1`` in that many single-threaded worker processes (each point is
-    independent: its own compilation and training)."""
+    independent: its own compilation and training), started with the environment
+    variables ``env`` (:func:`worker_environment`) added to this process's."""
     if jobs <= 1 or len(points) <= 1:
         return [train_cell(spec, d, s, bar=bar, **options) for spec, d, s in points]
     import concurrent.futures
@@ -485,7 +533,7 @@ def run_points(points, options: dict, *, jobs: int = 1, bar=None) -> list:
 
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    with concurrent.futures.ProcessPoolExecutor(
+    with _environment(env or {}), concurrent.futures.ProcessPoolExecutor(
             min(jobs, len(points)), mp_context=ctx, initializer=_worker_init,
             initargs=(queue,)) as pool:
         futures = [pool.submit(_worker, spec, d, s, options) for spec, d, s in points]
@@ -565,7 +613,10 @@ def markdown(meta, rows) -> str:
         f"- date: {meta['date']}; grid `{meta['grid']}` ({grid['note']}); whole run "
         f"{meta.get('wall_s', 0):.0f} s",
         f"- device: {meta['device']} ({meta['platform']}); {meta['cpu_count']} CPUs "
-        f"(affinity {meta['cpu_affinity']}); XLA_FLAGS={meta['xla_flags'] or 'unset'}",
+        f"(affinity {meta['cpu_affinity']}); XLA_FLAGS={meta['xla_flags'] or 'unset'}"
+        + (f"; {meta['jobs']} worker processes, one thread each"
+           + "".join(f", {k}={v}" for k, v in meta.get("worker_env", {}).items())
+           if meta.get("jobs", 1) > 1 else ""),
         f"- versions: python {v['python']}, seqjax {v.get('seqjax')}, {vers}",
         f"- command: `seqjax bench recall {' '.join(meta['argv'])}`",
         f"- task: `seqjax.tasks.mqar` (Zoology's generator), V={grid['vocab']}, power_a 0.01, "
@@ -749,7 +800,7 @@ def parser():
                     "key-value pairs, with a learning-rate sweep per point; report held-out "
                     "accuracy and state size; write recall.json, recall.md and figures.")
     p.add_argument("--grid", choices=sorted(GRIDS), default="default",
-                   help="default: about 20 minutes on 2 idle CPU cores; full: Zoology's "
+                   help="default: under 15 minutes on 2 CPU cores; full: Zoology's "
                         "figure 2 (V=8192, T 64..512, d_model 64..512: GPU-sized); tiny: a "
                         "smoke run")
     p.add_argument("--blocks", type=_cli.choice_list, default=None,
@@ -784,6 +835,10 @@ def parser():
                    help="skip the remaining learning rates once one reaches the stopping "
                         "accuracy (default: yes)")
     p.add_argument("--seed", type=_cli.nonnegative_int, default=0, help="seed (default 0)")
+    p.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the worker processes with GLIBC_TUNABLES="
+                        "glibc.malloc.hugetlb=1 (Linux; default: yes): the Mamba models' "
+                        "steps take about two thirds of the time")
     p.add_argument("--jobs", type=_cli.positive_int, default=None,
                    help="worker processes, one thread each (default: 2 on a CPU with two or "
                         "more cores, else 1; always 1 on an accelerator)")
@@ -859,12 +914,14 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     bar = tqdm(total=total, desc="seqjax bench recall", unit="step", disable=not args.progress,
                dynamic_ncols=True)
+    env = worker_environment(args.huge_pages) if jobs > 1 else {}
     try:
-        rows = run_points(points, options, jobs=jobs, bar=bar)
+        rows = run_points(points, options, jobs=jobs, bar=bar, env=env)
     finally:
         bar.close()
     meta = metadata(args, argv, grid)
     meta["jobs"] = jobs
+    meta["worker_env"] = env
     meta["wall_s"] = time.perf_counter() - start
     paths = write(args.out, meta, rows, plots=args.plots)
     print(paths["markdown_text"])

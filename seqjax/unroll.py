@@ -103,9 +103,11 @@ def default_associative(length: int, backend: Optional[str] = None) -> bool:
 # precomputing won for min_gru, min_lstm and rg_lru (growth 2 at I = H: 0.55-0.73) and
 # for lru (growth 4, complex a, b: 0.56-0.85), and lost for s6 (growth 32, an [H, 16]
 # state: 1.8-2.1, against stepping apply; the loop over its features that replaced that
-# is faster still, so the choice stands). An earlier run on a machine loaded 4-6x more had lru losing; the
-# quieter run of 2026-11-26 14:14 decides. GPU and TPU: UNMEASURED; always (there the
-# associative scan or the Pallas kernel is the default anyway).
+# took 0.53-1.14 of apply's time, `seqjax bench --cells s6 --batch 16,64 --length 32,512
+# --hidden 64` at both commits, so the choice stands). An earlier run on a machine
+# loaded 4-6x more had lru losing; the quieter run of 2026-11-26 14:14 decides. GPU and
+# TPU: UNMEASURED; always (there the associative scan or the Pallas kernel is the default
+# anyway).
 LINEAR_HOIST_MAX_GROWTH_BY_BACKEND = {"cpu": 4.0}
 
 
@@ -799,9 +801,9 @@ def _linear_features(linear, params, xs):
 
 def _linear_loop(linear, params, xs, h0, valid, options: _Options):
     """A linear cell with ``features``, sequentially: every step's features at once,
-    then ``lax.scan`` forms ``a, b`` and reads the state inside the loop. Same numbers
-    as stepping ``apply``; the input projections (and their weight gradients) are one
-    matmul over all steps instead of one per step."""
+    then ``lax.scan`` forms ``a, b`` and reads the state inside the loop: the
+    recurrence of stepping ``apply``, with the input projections (and their weight
+    gradients) one matmul over all steps instead of one per step."""
     fs = linear.features(params, xs)
 
     def body(h, inp):

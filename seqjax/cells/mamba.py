@@ -160,10 +160,9 @@ def s6(
         return S6Features(delta, delta * xs, xs @ params.w_b, xs @ params.w_c, xs)
 
     # Delta A by broadcasting: as an einsum ("...d,dn->...dn", a dot_general batched
-    # over d) its transpose in the backward pass goes through a layout copy of every
-    # step's [B, H, N] that XLA:CPU made the largest cost of the loop (measured,
-    # B = 64, T = 32, H = 64: fwd+bwd 25 ms instead of 32); the other two products
-    # measured faster as einsums
+    # over d) its transpose in the backward pass went through a layout copy of every
+    # step's [B, H, N], the largest single cost of XLA:CPU's loop in a profile; the
+    # other two products were faster as einsums than by broadcasting
     def coefficients(params, f):
         A = -jnp.exp(params.a_log)
         a = jnp.exp(f.delta[..., :, None] * A.reshape((1,) * (f.delta.ndim - 1) + A.shape))

@@ -620,8 +620,6 @@ def _evaluate(cell: Cell, params, xs, state, valid, options: _Options, fresh: bo
         scan = _linear_scan(options, xs.shape[0], lambda: _growth(cell.linear, params, xs))
         if scan is not None:
             return _associative(cell.linear, params, xs, state, options.reverse, valid, scan)
-        if cell.linear.features is not None:
-            return _linear_loop(cell.linear, params, xs, state, valid, options)
 
     hoist = cell.hoist is not None and (default_hoist() if options.hoist is None
                                         else options.hoist)
@@ -634,10 +632,7 @@ def _evaluate(cell: Cell, params, xs, state, valid, options: _Options, fresh: bo
         return _fused(cell.hoist, params, xs, state, valid, options.reverse, options.unroll,
                       hoist)
 
-    if hoist:
-        step, inputs = cell.hoist.step, cell.hoist.input_map(params, xs)
-    else:
-        step, inputs = cell.apply, xs
+    step, inputs = _stepper(cell, params, xs, hoist)
     step = jax.vmap(step, in_axes=(None, 0, 0))
 
     if valid is None:
@@ -697,10 +692,7 @@ def _perturbed(cell: Cell, params, xs, state, valid, options: _Options, eps):
     read = jax.vmap(_output_fn(cell, params, state), in_axes=(None, 0, 0))
     hoist = cell.hoist is not None and (default_hoist() if options.hoist is None
                                         else options.hoist)
-    if hoist:
-        step, inputs = cell.hoist.step, cell.hoist.input_map(params, xs)
-    else:
-        step, inputs = cell.apply, xs
+    step, inputs = _stepper(cell, params, xs, hoist)
     step = jax.vmap(step, in_axes=(None, 0, 0))
 
     def body(carry, inp):
@@ -799,23 +791,18 @@ def _linear_features(linear, params, xs):
     return xs if linear.features is None else linear.features(params, xs)
 
 
-def _linear_loop(linear, params, xs, h0, valid, options: _Options):
-    """A linear cell with ``features``, sequentially: every step's features at once,
-    then ``lax.scan`` forms ``a, b`` and reads the state inside the loop: the
-    recurrence of stepping ``apply``, with the input projections (and their weight
-    gradients) one matmul over all steps instead of one per step."""
-    fs = linear.features(params, xs)
-
-    def body(h, inp):
-        f, ok = inp
-        a, b = linear.coefficients(params, f)
-        new = a * h + b
-        y = linear.readout(params, new, f)
-        if ok is None:
-            return new, y
-        return _where_batch(ok, new, h), _zero_where_not(ok, y)
-
-    return lax.scan(body, h0, (fs, valid), reverse=options.reverse, unroll=options.unroll)
+def _stepper(cell: Cell, params, xs, hoist: bool):
+    """``(step, inputs)`` of a loop over time: ``step(p, state, u) -> (state, y)`` for
+    one example, and the per-step inputs ``u [T, B, ...]``. The hoisted form's step
+    over the input projections; a linear cell with ``features``: its
+    ``LinearRecurrence.step`` over the features of every step, computed here (the
+    input projections, and their weight gradients, one matmul over all steps instead of
+    one per step); else ``apply`` over ``xs``."""
+    if hoist:
+        return cell.hoist.step, cell.hoist.input_map(params, xs)
+    if cell.linear is not None and cell.linear.features is not None:
+        return cell.linear.step, cell.linear.features(params, xs)
+    return cell.apply, xs
 
 
 def _associative(linear, params, xs, h0, reverse, valid, scan=None, eps=None):

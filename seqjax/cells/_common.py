@@ -108,13 +108,11 @@ def _linear_cell(name, hidden_size, state_shape_dtype, init, coefficients, reado
         shape, dtype = state_shape_dtype(params)
         return jnp.zeros(shape, dtype)
 
+    linear = LinearRecurrence(coefficients, readout, features)
+
     def apply(params, h, x):
         x = _as_input(params, x, input_size, name)
-        f = x if features is None else features(params, x)
-        a, b = coefficients(params, f)
-        h = a * h + b
-        return h, readout(params, h, f)
+        return linear.step(params, h, x if features is None else features(params, x))
 
-    return Cell(init, initial_state, apply, input_size, hidden_size,
-                linear=LinearRecurrence(coefficients, readout, features))
+    return Cell(init, initial_state, apply, input_size, hidden_size, linear=linear)
 

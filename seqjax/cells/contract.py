@@ -137,6 +137,13 @@ class LinearRecurrence(NamedTuple):
     readout: Callable[[Params, Array, Any], Array]
     features: Optional[Callable[[Params, Array], Any]] = None
 
+    def step(self, params, h, f):
+        """One step from what ``coefficients`` takes (``f``: the input, or its
+        ``features``): ``(h_t, y_t)``."""
+        a, b = self.coefficients(params, f)
+        h = a * h + b
+        return h, self.readout(params, h, f)
+
 
 class Chunkwise(NamedTuple):
     """A matrix-state cell whose recurrence has a chunkwise-parallel form.
